@@ -1,0 +1,52 @@
+# dpolua: the two commands a newcomer needs, and a few more.
+#   make run              install packages, build, run the main recipe
+#   make test             build, then run every C test and Busted spec (ctest)
+#   make test SANITIZE=1  the same under AddressSanitizer + UBSan (in build-asan/)
+#   make bench            print the tensor benchmark figures
+#   make format           clang-format the C sources
+#   make install PREFIX=/usr/local
+
+SANITIZE ?= 0
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+ifeq ($(SANITIZE),1)
+BUILD ?= build-asan
+CMAKE_FLAGS += -DDPO_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+else
+BUILD ?= build
+CMAKE_FLAGS += -DCMAKE_BUILD_TYPE=Release
+endif
+PREFIX ?= /usr/local
+RECIPE ?= $(firstword $(wildcard recipes/hh.lua) examples/tour.lua)
+
+.PHONY: all deps configure build run test bench format install clean
+
+all: build
+
+deps:
+	@sh tools/install-deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+configure: deps $(BUILD)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/dpolua $(RECIPE)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	$(BUILD)/dpolua examples/bench_tensor.lua
+
+format:
+	clang-format -i core/*.c core/*.h tests/c/*.c tests/c/*.h
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,20 @@
+-- dpo: the module a user sees (`dpo` is preloaded as a global by dpolua).
+--
+-- The C core (`dpo.core`) provides tensors, kernels and the generator; this
+-- file gathers them into one table. Every tensor method is also a function
+-- here, so `dpo.exp(t)` is `t:exp()` and `dpo.mm(a, b)` is `a:mm(b)`.
+local core = require "dpo.core"
+
+local dpo = {}
+
+for name, fn in pairs(core) do
+   if name ~= "sgemm_direct" then dpo[name] = fn end
+end
+for name, fn in pairs(core.Tensor) do
+   if dpo[name] == nil then dpo[name] = fn end
+end
+
+dpo.float32 = "float32"
+dpo.int32 = "int32"
+
+return dpo

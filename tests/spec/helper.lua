@@ -1,0 +1,87 @@
+-- Shared assertions for the tensor specs. Specs load it with
+-- `local h = dofile("tests/spec/helper.lua")` (they run from the repository
+-- root); .busted also names it as busted's helper, where loading it is
+-- harmless: it only returns a table.
+--
+-- h.near(actual, expected [, tol]): actual is a dpo.Tensor, a number or a
+--   plain nested table; expected is a number or a plain nested Lua table
+--   computed independently. Checks the nesting (shape) and every element:
+--   |got - want| <= tol * (1 + |want|) (tol defaults to 1e-5); an infinite
+--   expected value must be matched exactly, a NaN by a NaN.
+-- h.errors(fn [, pattern [, plain]]): calls fn under pcall, asserts it failed
+--   and that the message matches the Lua pattern (or contains it literally
+--   when plain is true); returns the message.
+local luassert = require "luassert"
+
+local h = {}
+
+local function is_tensor(x)
+   return type(x) == "userdata" and dpo ~= nil and dpo.is_tensor(x)
+end
+
+local function fmt(v)
+   if type(v) == "number" then return string.format("%.9g", v) end
+   return tostring(v)
+end
+
+-- Walk got and want together; returns nil or a message naming the position.
+local function compare(got, want, tol, path)
+   local where = path == "" and "value" or ("element " .. path)
+   if type(want) == "table" then
+      if type(got) ~= "table" then
+         return string.format("%s: got %s, expected a table of %d elements", where, fmt(got),
+                              #want)
+      end
+      if #got ~= #want then
+         return string.format("%s: got %d elements, expected %d", where, #got, #want)
+      end
+      for i = 1, #want do
+         local msg = compare(got[i], want[i], tol, path .. "[" .. i .. "]")
+         if msg then return msg end
+      end
+      return nil
+   end
+   if type(got) ~= "number" then
+      return string.format("%s: got %s (%s), expected %s", where, fmt(got), type(got), fmt(want))
+   end
+   local ok
+   if want ~= want then
+      ok = got ~= got
+   elseif want == math.huge or want == -math.huge then
+      ok = got == want
+   else
+      ok = math.abs(got - want) <= tol * (1 + math.abs(want))
+   end
+   if not ok then
+      return string.format("%s: got %s, expected %s (tol %g)", where, fmt(got), fmt(want), tol)
+   end
+   return nil
+end
+
+function h.near(actual, expected, tol)
+   tol = tol or 1e-5
+   if is_tensor(actual) then actual = actual:totable() end
+   local msg = compare(actual, expected, tol, "")
+   luassert.is_true(msg == nil, msg)
+end
+
+function h.errors(fn, pattern, plain)
+   local ok, msg = pcall(fn)
+   luassert.is_false(ok, "expected an error" ..
+                            (pattern and (" matching '" .. pattern .. "'") or "") ..
+                            ", but the call succeeded")
+   luassert.is_string(msg, "expected a string error message, got " .. type(msg))
+   if pattern then
+      luassert.is_truthy(string.find(msg, pattern, 1, plain),
+                         string.format("error message\n  %s\ndoes not %s\n  %s", msg,
+                                       plain and "contain" or "match", pattern))
+   end
+   return msg
+end
+
+-- Escape Lua pattern magic characters, for messages with ( ) . - [ ] etc.
+function h.escape(s)
+   return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+return h
