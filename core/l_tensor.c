@@ -9,6 +9,7 @@
 ** Numbers stand in for scalar tensors in arithmetic; they are pushed as
 ** userdata first, so nothing leaks when a later check raises.
 */
+#include "autograd.h"
 #include "l_util.h"
 #include "rng.h"
 
@@ -29,6 +30,41 @@ static int push(lua_State *L, dpo_tensor *t, const dpo_error *e, int argbase) {
     return 1;
 }
 
+/* Push a tensor a constructor made from its size arguments at argbase: a
+** failure (sizes too large) names that argument. */
+static int push_new(lua_State *L, dpo_tensor *t, dpo_error *e, int argbase) {
+    if (!t && e->arg == 0) e->arg = 1;
+    return push(L, t, e, argbase);
+}
+
+/*
+** Push the result of op on in[0..n) after recording it on the tape (when grad
+** mode is on and an input requires grad). A NULL out raises e.
+*/
+static int push_rec(lua_State *L, dpo_tensor *out, dpo_error *e, int argbase, dpo_op op,
+                    dpo_tensor *const *in, int n, const dpo_ag_params *p) {
+    if (out && dpo_ag_record(out, op, in, n, p, e) != DPO_OK) {
+        dpo_tensor_release(out);
+        out = NULL;
+        argbase = 0;
+    }
+    return push(L, out, e, argbase);
+}
+
+static int push_rec1(lua_State *L, dpo_tensor *out, dpo_error *e, int argbase, dpo_op op,
+                     dpo_tensor *in, const dpo_ag_params *p) {
+    return push_rec(L, out, e, argbase, op, &in, 1, p);
+}
+
+/* In-place writes would corrupt the tape: refuse them on tensors in a graph. */
+static void check_inplace(lua_State *L, const dpo_tensor *t, const char *what) {
+    if (dpo_grad_enabled() && t->requires_grad)
+        luaL_error(L,
+                   "%s: cannot modify a tensor that requires grad in place "
+                   "(use :detach(), or do it inside dpo.no_grad)",
+                   what);
+}
+
 static dpo_dtype checkdtype(lua_State *L, int i, dpo_dtype def) {
     static const char *const names[] = {"float32", "int32", "float", "int", NULL};
     if (lua_isnoneornil(L, i)) return def;
@@ -39,7 +75,7 @@ static dpo_dtype checkdtype(lua_State *L, int i, dpo_dtype def) {
 ** Read a size list: either a table {2, 3} at index i, or integers from i up
 ** to `last`. Returns the number of dims.
 */
-static int checksizes(lua_State *L, int i, int last, int64_t *shape) {
+static int checksizes_x(lua_State *L, int i, int last, int64_t *shape, int allow_infer) {
     int nd = 0;
     if (lua_istable(L, i)) {
         lua_Integer n = luaL_len(L, i);
@@ -53,7 +89,7 @@ static int checksizes(lua_State *L, int i, int last, int64_t *shape) {
             v = lua_tointegerx(L, -1, &isint);
             if (!isint)
                 return luaL_argerror(L, i, lua_pushfstring(L, "size %d is not an integer", (int)k));
-            if (v < 0)
+            if (v < 0 && !(allow_infer && v == -1))
                 return luaL_argerror(L, i,
                                      lua_pushfstring(L, "size %d is negative (%I)", (int)k, v));
             shape[nd++] = v;
@@ -70,6 +106,10 @@ static int checksizes(lua_State *L, int i, int last, int64_t *shape) {
         shape[nd++] = v;
     }
     return nd;
+}
+
+static int checksizes(lua_State *L, int i, int last, int64_t *shape) {
+    return checksizes_x(L, i, last, shape, 0);
 }
 
 /* Sizes from index i with an optional trailing dtype string. */
@@ -181,7 +221,7 @@ static int l_tensor(lua_State *L) {
         t = dpo_tensor_new(dt, nd, shape, &e);
         dpo_l_pushtensor(L, t, &e, 0);
         lua_pushvalue(L, 1);
-        if (dpo_tensor_numel(t) > 0 || nd == 1) table_fill(L, t, 0, &pos, path, 0);
+        if (nd > 0) table_fill(L, t, 0, &pos, path, 0);
         lua_pop(L, 1);
     }
     return 1;
@@ -194,7 +234,7 @@ static int make_filled(lua_State *L, double v, int fill) {
     int nd = sizes_and_dtype(L, 1, shape, &dt);
     dpo_tensor *t = dpo_tensor_new(dt, nd, shape, &e);
     if (t && fill) dpo_tensor_fill(t, v);
-    return push(L, t, &e, 1);
+    return push_new(L, t, &e, 1);
 }
 
 static int l_zeros(lua_State *L) {
@@ -221,7 +261,7 @@ static int l_full(lua_State *L) {
     nd = checksizes(L, 1, 1, shape);
     t = dpo_tensor_new(dt, nd, shape, &e);
     if (t) dpo_tensor_fill(t, v);
-    return push(L, t, &e, 1);
+    return push_new(L, t, &e, 1);
 }
 
 /* dpo.arange([start,] stop [, step] [, dtype]): [start, stop) by step, as numpy. */
@@ -235,19 +275,19 @@ static int l_arange(lua_State *L) {
     int64_t n;
     if (top >= 1 && lua_type(L, top) == LUA_TSTRING) top--;
     nnum = top;
-    if (nnum < 1 || nnum > 3) return luaL_error(L, "arange expects 1 to 3 numbers, got %d", nnum);
+    if (nnum > 3) return luaL_argerror(L, 4, "at most 3 numbers (start, stop, step)");
+    if (nnum < 1) nnum = 1; /* luaL_checknumber raises "number expected" */
     for (int i = 1; i <= nnum; i++) {
         a[i - 1] = luaL_checknumber(L, i);
         if (!lua_isinteger(L, i)) allint = 0;
+        if (!isfinite(a[i - 1])) return luaL_argerror(L, i, "must be a finite number");
     }
     if (nnum == 1)
         stop = a[0];
     else
         start = a[0], stop = a[1];
     if (nnum == 3) step = a[2];
-    if (step == 0 || !isfinite(step))
-        return luaL_argerror(L, nnum, "step must be a nonzero number");
-    if (!isfinite(start) || !isfinite(stop)) return luaL_argerror(L, 1, "bounds must be finite");
+    if (step == 0) return luaL_argerror(L, 3, "step must be a nonzero number");
     dt = checkdtype(L, top + 1, allint ? DPO_I32 : DPO_F32);
     count = ceil((stop - start) / step);
     if (count < 0) count = 0;
@@ -275,7 +315,7 @@ static int l_eye(lua_State *L) {
     if (t)
         for (int64_t i = 0; i < shape[0] && i < shape[1]; i++)
             dpo_tensor_set(t, i * shape[1] + i, 1);
-    return push(L, t, &e, 1);
+    return push_new(L, t, &e, 1);
 }
 
 static int l_rand(lua_State *L) {
@@ -285,7 +325,7 @@ static int l_rand(lua_State *L) {
     int nd = sizes_and_dtype(L, 1, shape, &dt);
     dpo_tensor *t = dpo_tensor_new(DPO_F32, nd, shape, &e);
     if (t) dpo_rng_fill_uniform(&default_rng, t, 0, 1);
-    return push(L, t, &e, 1);
+    return push_new(L, t, &e, 1);
 }
 
 static int l_randn(lua_State *L) {
@@ -295,7 +335,7 @@ static int l_randn(lua_State *L) {
     int nd = sizes_and_dtype(L, 1, shape, &dt);
     dpo_tensor *t = dpo_tensor_new(DPO_F32, nd, shape, &e);
     if (t) dpo_rng_fill_normal(&default_rng, t, 0, 1);
-    return push(L, t, &e, 1);
+    return push_new(L, t, &e, 1);
 }
 
 /* dpo.randint(lo, hi, sizes...): int32 uniform in [lo, hi). */
@@ -312,7 +352,7 @@ static int l_randint(lua_State *L) {
     nd = sizes_and_dtype(L, 3, shape, &dt);
     t = dpo_tensor_new(DPO_I32, nd, shape, &e);
     if (t) dpo_rng_fill_uniform(&default_rng, t, (double)lo, (double)hi);
-    return push(L, t, &e, 3);
+    return push_new(L, t, &e, 3);
 }
 
 /* dpo.manual_seed(n): reseed the default generator. */
@@ -336,8 +376,12 @@ static int l_rng_state(lua_State *L) {
 static int l_set_rng_state(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    dpo_rng r;
     luaL_argcheck(L, n == sizeof default_rng, 1, "not a state from dpo.rng_state()");
-    memcpy(&default_rng, s, sizeof default_rng);
+    memcpy(&r, s, sizeof r);
+    luaL_argcheck(L, (r.s[0] | r.s[1] | r.s[2] | r.s[3]) != 0, 1,
+                  "not a state from dpo.rng_state() (all zero)");
+    default_rng = r;
     return 0;
 }
 
@@ -389,7 +433,18 @@ static int l_index(lua_State *L) {
                 lua_pushnumber(L, v);
             return 1;
         }
-        return push(L, dpo_tensor_select(t, 0, i, &e), &e, 0);
+        {
+            dpo_ag_params p = {0};
+            p.dim = 0, p.start = i;
+            return push_rec1(L, dpo_tensor_select(t, 0, i, &e), &e, 0, DPO_OP_SELECT, t, &p);
+        }
+    }
+    if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "grad") == 0) {
+        dpo_tensor *t = dpo_l_checktensor(L, 1);
+        if (!t->grad) return 0;
+        dpo_tensor_retain(t->grad);
+        dpo_l_pushtensor(L, t->grad, NULL, 0);
+        return 1;
     }
     lua_pushvalue(L, 2);
     lua_rawget(L, lua_upvalueindex(1));
@@ -402,8 +457,25 @@ static int l_newindex(lua_State *L) {
     lua_Integer k = lua_tointegerx(L, 2, &isint);
     dpo_error e;
     int64_t i;
+    if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "grad") == 0) {
+        dpo_tensor *g = lua_isnil(L, 3) ? NULL : dpo_l_checktensor(L, 3);
+        if (g && (g->dtype != DPO_F32 || !dpo_tensor_same_shape(g, t))) {
+            char a[DPO_SHAPELEN], b[DPO_SHAPELEN];
+            return luaL_error(L, "grad must be a float32 tensor of size %s (got %s %s)",
+                              dpo_tensor_shape_str(t, a, sizeof a), dpo_dtype_name(g->dtype),
+                              dpo_tensor_shape_str(g, b, sizeof b));
+        }
+        if (g) {
+            g = dpo_tensor_clone(g, &e);
+            if (!g) return dpo_l_raise(L, &e, 0);
+        }
+        dpo_tensor_release(t->grad);
+        t->grad = g;
+        return 0;
+    }
     if (lua_type(L, 2) != LUA_TNUMBER || !isint)
         return luaL_error(L, "cannot set field '%s' of a dpo.Tensor", luaL_tolstring(L, 2, NULL));
+    check_inplace(L, t, "t[i] = v");
     if (t->ndim == 0) return luaL_error(L, "cannot index a scalar tensor (use :fill())");
     i = checkindex(L, 0, k, t->shape[0]);
     if (t->ndim == 1) {
@@ -445,10 +517,13 @@ static int l_len(lua_State *L) {
 static int binary(lua_State *L, dpo_op op) {
     dpo_tensor *ta = dpo_l_totensor(L, 1), *tb = dpo_l_totensor(L, 2), *a, *b;
     dpo_error e;
+    if (!ta && !tb) luaL_typeerror(L, 1, "dpo.Tensor");
     a = operand(L, 1, tb);
     b = operand(L, 2, ta ? ta : a);
-    if (!ta && !tb) luaL_typeerror(L, 1, "dpo.Tensor");
-    return push(L, dpo_binary(op, a, b, &e), &e, 1);
+    {
+        dpo_tensor *in[2] = {a, b};
+        return push_rec(L, dpo_binary(op, a, b, &e), &e, 1, op, in, 2, NULL);
+    }
 }
 
 static int l_add(lua_State *L) {
@@ -494,7 +569,7 @@ static int l_ne(lua_State *L) {
 static int unary(lua_State *L, dpo_op op) {
     dpo_tensor *t = dpo_l_checktensor(L, 1);
     dpo_error e;
-    return push(L, dpo_unary(op, t, &e), &e, 1);
+    return push_rec1(L, dpo_unary(op, t, &e), &e, 1, op, t, NULL);
 }
 
 #define UNARY(name, OP)                                                                            \
@@ -523,8 +598,10 @@ static int l_clamp(lua_State *L) {
     int has_lo = !lua_isnoneornil(L, 2), has_hi = !lua_isnoneornil(L, 3);
     double lo = has_lo ? luaL_checknumber(L, 2) : 0, hi = has_hi ? luaL_checknumber(L, 3) : 0;
     dpo_error e;
+    dpo_ag_params p = {0};
     if (!has_lo && !has_hi) return luaL_argerror(L, 2, "at least one of min and max is required");
-    return push(L, dpo_clamp(t, has_lo, lo, has_hi, hi, &e), &e, 1);
+    p.has_lo = has_lo, p.lo = lo, p.has_hi = has_hi, p.hi = hi;
+    return push_rec1(L, dpo_clamp(t, has_lo, lo, has_hi, hi, &e), &e, 1, DPO_OP_CLAMP, t, &p);
 }
 
 /* dpo.where(cond, a, b): a and b may be numbers */
@@ -534,19 +611,26 @@ static int l_where(lua_State *L) {
     dpo_error e;
     a = operand(L, 2, tb);
     b = operand(L, 3, ta ? ta : a);
-    return push(L, dpo_where(c, a, b, &e), &e, 1);
+    {
+        dpo_tensor *in[2] = {a, b};
+        dpo_ag_params p = {0};
+        p.saved = c;
+        return push_rec(L, dpo_where(c, a, b, &e), &e, 1, DPO_OP_WHERE, in, 2, &p);
+    }
 }
 
 static int l_mm(lua_State *L) {
     dpo_tensor *a = dpo_l_checktensor(L, 1), *b = dpo_l_checktensor(L, 2);
     dpo_error e;
-    return push(L, dpo_mm(a, b, &e), &e, 1);
+    dpo_tensor *in[2] = {a, b};
+    return push_rec(L, dpo_mm(a, b, &e), &e, 1, DPO_OP_MATMUL, in, 2, NULL);
 }
 
 static int l_matmul(lua_State *L) {
     dpo_tensor *a = dpo_l_checktensor(L, 1), *b = dpo_l_checktensor(L, 2);
     dpo_error e;
-    return push(L, dpo_matmul(a, b, &e), &e, 1);
+    dpo_tensor *in[2] = {a, b};
+    return push_rec(L, dpo_matmul(a, b, &e), &e, 1, DPO_OP_MATMUL, in, 2, NULL);
 }
 
 /* ---- reductions --------------------------------------------------------------------- */
@@ -557,8 +641,11 @@ static int reduce(lua_State *L, dpo_op op) {
     int dim = optdim(L, 2, t, -1), keep = lua_toboolean(L, 3);
     int with_idx = dim >= 0 && (op == DPO_OP_MAX || op == DPO_OP_MIN);
     dpo_error e;
+    dpo_ag_params p = {0};
     r = dpo_reduce(op, t, dim, keep, 1, with_idx ? &idx : NULL, &e);
-    push(L, r, &e, 1);
+    p.dim = dim, p.keepdim = keep, p.saved = idx, p.index_base = 1;
+    if (with_idx && !r) dpo_tensor_release(idx);
+    push_rec1(L, r, &e, 1, op, t, &p);
     if (with_idx) {
         push(L, idx, &e, 1);
         return 2;
@@ -590,7 +677,9 @@ static int softmax_like(lua_State *L, dpo_op op) {
     int dim = optdim(L, 2, t, t->ndim - 1);
     dpo_error e;
     if (t->ndim == 0) return luaL_argerror(L, 1, "expected a tensor with at least 1 dimension");
-    return push(L, dpo_softmax_like(op, t, dim, lua_toboolean(L, 3), &e), &e, 1);
+    dpo_ag_params p = {0};
+    p.dim = dim, p.keepdim = lua_toboolean(L, 3);
+    return push_rec1(L, dpo_softmax_like(op, t, dim, p.keepdim, &e), &e, 1, op, t, &p);
 }
 
 static int l_softmax(lua_State *L) {
@@ -656,15 +745,16 @@ static int reshape_like(lua_State *L, int view) {
     int nd;
     if (lua_gettop(L) < 2) return luaL_argerror(L, 2, "expected sizes");
     if (lua_istable(L, 2)) {
-        nd = checksizes(L, 2, 2, shape);
+        nd = checksizes_x(L, 2, 2, shape, 1);
     } else {
         int top = lua_gettop(L);
         if (top - 1 > DPO_MAXDIM) return luaL_argerror(L, 2, "too many dimensions");
         nd = 0;
         for (int k = 2; k <= top; k++) shape[nd++] = luaL_checkinteger(L, k);
     }
-    return push(L, view ? dpo_tensor_view(t, nd, shape, &e) : dpo_tensor_reshape(t, nd, shape, &e),
-                &e, 1);
+    return push_rec1(
+        L, view ? dpo_tensor_view(t, nd, shape, &e) : dpo_tensor_reshape(t, nd, shape, &e), &e, 1,
+        DPO_OP_RESHAPE, t, NULL);
 }
 
 /* t:reshape(sizes...) (one size may be -1): a view when possible, else a copy */
@@ -680,7 +770,9 @@ static int l_transpose(lua_State *L) {
     dpo_tensor *t = dpo_l_checktensor(L, 1);
     int d0 = dpo_l_checkdim(L, 2, t->ndim), d1 = dpo_l_checkdim(L, 3, t->ndim);
     dpo_error e;
-    return push(L, dpo_tensor_transpose(t, d0, d1, &e), &e, 1);
+    dpo_ag_params p = {0};
+    p.dim = d0, p.dim2 = d1;
+    return push_rec1(L, dpo_tensor_transpose(t, d0, d1, &e), &e, 1, DPO_OP_TRANSPOSE, t, &p);
 }
 
 /* t:t(): the transpose of a matrix (a 1-D tensor is returned as a view of itself) */
@@ -693,8 +785,12 @@ static int l_t(lua_State *L) {
             L, 1,
             lua_pushfstring(L, "t() expects a tensor of at most 2 dimensions (got size %s)",
                             dpo_tensor_shape_str(t, s, sizeof s)));
-    if (t->ndim < 2) return push(L, dpo_tensor_view(t, t->ndim, t->shape, &e), &e, 1);
-    return push(L, dpo_tensor_transpose(t, 0, 1, &e), &e, 1);
+    dpo_ag_params p = {0};
+    if (t->ndim < 2)
+        return push_rec1(L, dpo_tensor_view(t, t->ndim, t->shape, &e), &e, 1, DPO_OP_RESHAPE, t,
+                         NULL);
+    p.dim = 0, p.dim2 = 1;
+    return push_rec1(L, dpo_tensor_transpose(t, 0, 1, &e), &e, 1, DPO_OP_TRANSPOSE, t, &p);
 }
 
 static int l_contiguous(lua_State *L) {
@@ -704,7 +800,7 @@ static int l_contiguous(lua_State *L) {
         lua_settop(L, 1);
         return 1;
     }
-    return push(L, dpo_tensor_contiguous(t, &e), &e, 1);
+    return push_rec1(L, dpo_tensor_contiguous(t, &e), &e, 1, DPO_OP_COPY, t, NULL);
 }
 
 /* t:narrow(dim, start, length): a view, start 1-based */
@@ -722,8 +818,10 @@ static int l_narrow(lua_State *L) {
         return luaL_argerror(L, 4,
                              lua_pushfstring(L, "length %I from %I exceeds size %I", len, start,
                                              (lua_Integer)t->shape[dim]));
+    dpo_ag_params p = {0};
     r = dpo_tensor_narrow(t, dim, start - 1, len, &e);
-    return push(L, r, &e, 1);
+    p.dim = dim, p.start = start - 1;
+    return push_rec1(L, r, &e, 1, DPO_OP_NARROW, t, &p);
 }
 
 /* t:select(dim, index): a view with dim removed */
@@ -732,7 +830,9 @@ static int l_select(lua_State *L) {
     int dim = dpo_l_checkdim(L, 2, t->ndim);
     int64_t i = checkindex(L, 3, luaL_checkinteger(L, 3), t->shape[dim]);
     dpo_error e;
-    return push(L, dpo_tensor_select(t, dim, i, &e), &e, 1);
+    dpo_ag_params p = {0};
+    p.dim = dim, p.start = i;
+    return push_rec1(L, dpo_tensor_select(t, dim, i, &e), &e, 1, DPO_OP_SELECT, t, &p);
 }
 
 /* t:unsqueeze(dim): a view with a size-1 dim inserted before dim (1..ndim+1) */
@@ -746,7 +846,7 @@ static int l_unsqueeze(lua_State *L) {
         if (i == dim) shape[nd++] = 1;
         if (i < t->ndim) shape[nd++] = t->shape[i];
     }
-    return push(L, dpo_tensor_reshape(t, nd, shape, &e), &e, 1);
+    return push_rec1(L, dpo_tensor_reshape(t, nd, shape, &e), &e, 1, DPO_OP_RESHAPE, t, NULL);
 }
 
 /* t:squeeze([dim]): drop size-1 dims (or only dim) */
@@ -757,25 +857,28 @@ static int l_squeeze(lua_State *L) {
     dpo_error e;
     for (int i = 0; i < t->ndim; i++)
         if (t->shape[i] != 1 || (only >= 0 && i != only)) shape[nd++] = t->shape[i];
-    return push(L, dpo_tensor_reshape(t, nd, shape, &e), &e, 1);
+    return push_rec1(L, dpo_tensor_reshape(t, nd, shape, &e), &e, 1, DPO_OP_RESHAPE, t, NULL);
 }
 
 static int l_clone(lua_State *L) {
     dpo_tensor *t = dpo_l_checktensor(L, 1);
     dpo_error e;
-    return push(L, dpo_tensor_clone(t, &e), &e, 1);
+    return push_rec1(L, dpo_tensor_clone(t, &e), &e, 1, DPO_OP_COPY, t, NULL);
 }
 
 /* t:fill(v) -> t */
 static int l_fill(lua_State *L) {
     dpo_tensor *t = dpo_l_checktensor(L, 1);
+    check_inplace(L, t, "fill");
     dpo_tensor_fill(t, luaL_checknumber(L, 2));
     lua_settop(L, 1);
     return 1;
 }
 
 static int l_zero(lua_State *L) {
-    dpo_tensor_fill(dpo_l_checktensor(L, 1), 0);
+    dpo_tensor *t = dpo_l_checktensor(L, 1);
+    check_inplace(L, t, "zero");
+    dpo_tensor_fill(t, 0);
     lua_settop(L, 1);
     return 1;
 }
@@ -784,6 +887,7 @@ static int l_zero(lua_State *L) {
 static int l_copy(lua_State *L) {
     dpo_tensor *t = dpo_l_checktensor(L, 1), *src = dpo_l_checktensor(L, 2);
     dpo_error e;
+    check_inplace(L, t, "copy");
     if (dpo_tensor_copy(t, src, &e) != DPO_OK) return dpo_l_raise(L, &e, 1);
     lua_settop(L, 1);
     return 1;
@@ -917,7 +1021,9 @@ static int l_gather(lua_State *L) {
     int dim = dpo_l_checkdim(L, 2, t->ndim);
     dpo_tensor *idx = index_arg(L, 3);
     dpo_error e;
-    return push(L, dpo_gather(t, dim, idx, 1, &e), &e, 2);
+    dpo_ag_params p = {0};
+    p.dim = dim, p.saved = idx, p.index_base = 1;
+    return push_rec1(L, dpo_gather(t, dim, idx, 1, &e), &e, 2, DPO_OP_GATHER, t, &p);
 }
 
 /* t:index_select(dim, index): entries along dim picked by a 1-D index (1-based) */
@@ -926,7 +1032,9 @@ static int l_index_select(lua_State *L) {
     int dim = dpo_l_checkdim(L, 2, t->ndim);
     dpo_tensor *idx = index_arg(L, 3);
     dpo_error e;
-    return push(L, dpo_index_select(t, dim, idx, 1, &e), &e, 2);
+    dpo_ag_params p = {0};
+    p.dim = dim, p.saved = idx, p.index_base = 1;
+    return push_rec1(L, dpo_index_select(t, dim, idx, 1, &e), &e, 2, DPO_OP_INDEX_SELECT, t, &p);
 }
 
 /* The tensors of the list at i, checked; returns how many (kept on the stack by the list). */
@@ -938,6 +1046,8 @@ static int tensor_list(lua_State *L, int i, dpo_tensor **ts, int max) {
     if (n > max) luaL_argerror(L, i, lua_pushfstring(L, "at most %d tensors", max));
     for (lua_Integer k = 1; k <= n; k++) {
         lua_geti(L, i, k);
+        if (luaL_testudata(L, -1, DPO_TENSOR_MT) && !*(dpo_tensor **)lua_touserdata(L, -1))
+            luaL_argerror(L, i, lua_pushfstring(L, "element %I is a freed dpo.Tensor", k));
         ts[k - 1] = dpo_l_totensor(L, -1);
         if (!ts[k - 1])
             luaL_argerror(L, i,
@@ -957,7 +1067,9 @@ static int l_cat(lua_State *L) {
     int dim = lua_isnoneornil(L, 2) ? 0 : dpo_l_checkdim(L, 2, ts[0]->ndim);
     dpo_error e;
     if (ts[0]->ndim == 0) return luaL_argerror(L, 1, "cannot concatenate scalar tensors");
-    return push(L, dpo_cat(ts, n, dim, &e), &e, 1);
+    dpo_ag_params p = {0};
+    p.dim = dim;
+    return push_rec(L, dpo_cat(ts, n, dim, &e), &e, 1, DPO_OP_CAT, ts, n, &p);
 }
 
 /* dpo.stack({tensors}, [dim=1]): a new dim of size #tensors */
@@ -966,11 +1078,14 @@ static int l_stack(lua_State *L) {
     int n = tensor_list(L, 1, ts, MAXLIST);
     int dim = lua_isnoneornil(L, 2) ? 0 : dpo_l_checkdim(L, 2, ts[0]->ndim + 1);
     dpo_error e;
-    return push(L, dpo_stack(ts, n, dim, &e), &e, 1);
+    dpo_ag_params p = {0};
+    p.dim = dim;
+    return push_rec(L, dpo_stack(ts, n, dim, &e), &e, 1, DPO_OP_STACK, ts, n, &p);
 }
 
 static int l_is_tensor(lua_State *L) {
-    lua_pushboolean(L, dpo_l_totensor(L, 1) != NULL);
+    dpo_tensor **p = (dpo_tensor **)luaL_testudata(L, 1, DPO_TENSOR_MT);
+    lua_pushboolean(L, p != NULL && *p != NULL); /* a freed tensor is no longer one */
     return 1;
 }
 

@@ -10,6 +10,7 @@ int dpo_l_raise(lua_State *L, const dpo_error *e, int argbase) {
 
 dpo_tensor *dpo_l_totensor(lua_State *L, int i) {
     dpo_tensor **p = (dpo_tensor **)luaL_testudata(L, i, DPO_TENSOR_MT);
+    if (p && *p == NULL) luaL_argerror(L, i, "attempt to use a freed dpo.Tensor");
     return p ? *p : NULL;
 }
 
@@ -38,12 +39,11 @@ void dpo_l_pushtensor(lua_State *L, dpo_tensor *t, const dpo_error *e, int argba
 }
 
 int dpo_l_checkdim(lua_State *L, int i, int ndim) {
-    lua_Integer d = luaL_checkinteger(L, i);
+    lua_Integer d0 = luaL_checkinteger(L, i), d = d0;
     if (d < 0) d += ndim + 1;
     if (d < 1 || d > ndim) {
         if (ndim == 0) return luaL_argerror(L, i, "dimension out of range (tensor is a scalar)");
-        return luaL_argerror(L, i,
-                             lua_pushfstring(L, "dimension %d out of range 1..%d", (int)d, ndim));
+        return luaL_argerror(L, i, lua_pushfstring(L, "dimension %I out of range 1..%d", d0, ndim));
     }
     return (int)d - 1;
 }

@@ -20,7 +20,8 @@ int dpo_l_raise(lua_State *L, const dpo_error *e, int argbase);
 
 /* The tensor at stack index i, or a "dpo.Tensor expected" argument error. */
 dpo_tensor *dpo_l_checktensor(lua_State *L, int i);
-dpo_tensor *dpo_l_totensor(lua_State *L, int i); /* NULL when not a live tensor */
+/* NULL when the value at i is not a tensor; raises for a freed tensor. */
+dpo_tensor *dpo_l_totensor(lua_State *L, int i);
 /* Push t as a new userdata, taking over the caller's reference. A NULL t
 ** raises e (with argbase as for dpo_l_raise). */
 void dpo_l_pushtensor(lua_State *L, dpo_tensor *t, const dpo_error *e, int argbase);
@@ -30,5 +31,6 @@ void dpo_l_pushtensor(lua_State *L, dpo_tensor *t, const dpo_error *e, int argba
 int dpo_l_checkdim(lua_State *L, int i, int ndim);
 
 int dpo_open_tensor(lua_State *L);
+int dpo_open_autograd(lua_State *L);
 
 #endif

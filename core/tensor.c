@@ -6,6 +6,7 @@
 ** is allocated and the error record says why.
 */
 #include "tensor.h"
+#include "autograd.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -148,10 +149,33 @@ void dpo_tensor_retain(dpo_tensor *t) {
     if (t) t->refcount++;
 }
 
+/*
+** Releasing a tensor may release its autograd node, whose inputs may go in
+** turn: a chain as long as a training loop is deep. Tensors whose count hits
+** zero are queued and freed by one loop, so the C stack stays flat.
+*/
+static dpo_tensor *release_queue = NULL; /* linked through ->grad */
+static int releasing = 0;
+
 void dpo_tensor_release(dpo_tensor *t) {
     if (!t || --t->refcount > 0) return;
-    storage_release(t->storage);
-    free(t);
+    t->refcount = 0;
+    {
+        dpo_tensor *g = t->grad;
+        t->grad = release_queue;
+        release_queue = t;
+        if (g) dpo_tensor_release(g); /* grads have no nodes: no deep chains */
+    }
+    if (releasing) return;
+    releasing = 1;
+    while (release_queue) {
+        dpo_tensor *x = release_queue;
+        release_queue = x->grad;
+        if (x->node) dpo_node_release(x->node);
+        storage_release(x->storage);
+        free(x);
+    }
+    releasing = 0;
 }
 
 /* ---- facts ------------------------------------------------------------------ */
@@ -221,6 +245,9 @@ static dpo_tensor *view_of(dpo_tensor *t) {
     if (!v) return NULL;
     *v = *t;
     v->refcount = 1;
+    v->requires_grad = 0;
+    v->grad = NULL;
+    v->node = NULL;
     v->storage->refcount++;
     return v;
 }
@@ -232,13 +259,13 @@ static int infer_shape(const dpo_tensor *t, int ndim, int64_t *shape, const char
     int infer = -1;
     char a[DPO_SHAPELEN], b[DPO_SHAPELEN];
     if (ndim < 0 || ndim > DPO_MAXDIM)
-        return dpo_fail(e, DPO_ERR_ARG, 1, "%d dimensions (at most %d)", ndim, DPO_MAXDIM), -1;
+        return dpo_fail(e, DPO_ERR_ARG, 2, "%d dimensions (at most %d)", ndim, DPO_MAXDIM), -1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] == -1) {
-            if (infer >= 0) return dpo_fail(e, DPO_ERR_ARG, 1, "only one size may be -1"), -1;
+            if (infer >= 0) return dpo_fail(e, DPO_ERR_ARG, 2, "only one size may be -1"), -1;
             infer = i;
         } else if (shape[i] < 0) {
-            return dpo_fail(e, DPO_ERR_ARG, 1, "negative size %lld", (long long)shape[i]), -1;
+            return dpo_fail(e, DPO_ERR_ARG, 2, "negative size %lld", (long long)shape[i]), -1;
         } else {
             known *= shape[i];
         }
@@ -253,7 +280,7 @@ static int infer_shape(const dpo_tensor *t, int ndim, int64_t *shape, const char
 mismatch:
     dpo_shape_str(t->shape, t->ndim, a, sizeof a);
     dpo_shape_str(shape, ndim, b, sizeof b);
-    dpo_fail(e, DPO_ERR_SHAPE, 1, "cannot %s a tensor of size %s (%lld elements) to %s", fn, a,
+    dpo_fail(e, DPO_ERR_SHAPE, 2, "cannot %s a tensor of size %s (%lld elements) to %s", fn, a,
              (long long)n, b);
     return -1;
 }

@@ -90,6 +90,8 @@ typedef struct dpo_storage {
     void *ctx;
 } dpo_storage;
 
+struct dpo_node; /* autograd.h */
+
 typedef struct dpo_tensor {
     dpo_storage *storage;
     int64_t offset; /* first element, in elements */
@@ -98,6 +100,11 @@ typedef struct dpo_tensor {
     int64_t shape[DPO_MAXDIM];
     int64_t stride[DPO_MAXDIM]; /* in elements */
     int refcount;
+    /* autograd (autograd.c): a leaf that requires grad accumulates into
+       grad; a computed tensor points to the node that made it. */
+    int requires_grad;
+    struct dpo_tensor *grad;
+    struct dpo_node *node;
 } dpo_tensor;
 
 /* ---- creation and lifetime --------------------------------------------- */

@@ -14,6 +14,8 @@ for name, fn in pairs(core.Tensor) do
    if dpo[name] == nil then dpo[name] = fn end
 end
 
+dpo.gradcheck = require("dpo.gradcheck").gradcheck
+
 dpo.float32 = "float32"
 dpo.int32 = "int32"
 

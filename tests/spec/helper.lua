@@ -12,8 +12,16 @@
 --   and that the message matches the Lua pattern (or contains it literally
 --   when plain is true); returns the message.
 local luassert = require "luassert"
+local has_busted, busted = pcall(require, "busted")
 
 local h = {}
+
+-- Fail the running test at the caller of the h.* function (a busted failure,
+-- not an error), with msg as the whole message.
+local function fail(msg)
+   if has_busted and type(busted) == "table" and busted.fail then busted.fail(msg, 3) end
+   luassert.is_true(false, msg)
+end
 
 local function is_tensor(x)
    return type(x) == "userdata" and dpo ~= nil and dpo.is_tensor(x)
@@ -62,19 +70,21 @@ function h.near(actual, expected, tol)
    tol = tol or 1e-5
    if is_tensor(actual) then actual = actual:totable() end
    local msg = compare(actual, expected, tol, "")
-   luassert.is_true(msg == nil, msg)
+   if msg then fail(msg) end
 end
 
 function h.errors(fn, pattern, plain)
    local ok, msg = pcall(fn)
-   luassert.is_false(ok, "expected an error" ..
-                            (pattern and (" matching '" .. pattern .. "'") or "") ..
-                            ", but the call succeeded")
-   luassert.is_string(msg, "expected a string error message, got " .. type(msg))
-   if pattern then
-      luassert.is_truthy(string.find(msg, pattern, 1, plain),
-                         string.format("error message\n  %s\ndoes not %s\n  %s", msg,
-                                       plain and "contain" or "match", pattern))
+   if ok then
+      fail("expected an error" .. (pattern and (" matching '" .. pattern .. "'") or "") ..
+           ", but the call succeeded")
+   end
+   if type(msg) ~= "string" then
+      fail("expected a string error message, got " .. type(msg) .. ": " .. tostring(msg))
+   end
+   if pattern and not string.find(msg, pattern, 1, plain) then
+      fail(string.format("error message\n  %s\ndoes not %s\n  %s", msg,
+                         plain and "contain" or "match", pattern))
    end
    return msg
 end
