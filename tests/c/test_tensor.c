@@ -58,8 +58,9 @@ static void test_views(void) {
         CHECK(ok);
     }
     dpo_tensor_release(r);
-    CHECK(dpo_tensor_reshape(t, 2, s32, &e) != NULL);
-    dpo_tensor_release(dpo_tensor_reshape(t, 2, s32, &e));
+    r = dpo_tensor_reshape(t, 2, s32, &e);
+    CHECK(r != NULL);
+    dpo_tensor_release(r);
 
     n = dpo_tensor_narrow(t, 1, 1, 2, &e); /* columns 1..2 */
     CHECK(n && n->shape[1] == 2 && n->offset == 1);
@@ -166,8 +167,10 @@ static void test_binary(void) {
         dpo_tensor *i2 = dpo_tensor_scalar(DPO_I32, 1, &e), *s, *q;
         s = dpo_binary(DPO_OP_ADD, i1, i2, &e);
         CHECK(s->dtype == DPO_I32 && dpo_i32(s)[0] == INT32_MIN);
-        q = dpo_binary(DPO_OP_DIV, i2, dpo_tensor_scalar(DPO_I32, 2, &e), &e);
+        dpo_tensor *two = dpo_tensor_scalar(DPO_I32, 2, &e);
+        q = dpo_binary(DPO_OP_DIV, i2, two, &e);
         CHECK(q->dtype == DPO_F32 && dpo_f32(q)[0] == 0.5f);
+        dpo_tensor_release(two);
         dpo_tensor_release(s);
         dpo_tensor_release(q);
         dpo_tensor_release(i1);
@@ -369,12 +372,14 @@ static void test_indexing(void) {
     dpo_tensor_release(parts[1]);
 
     {
-        dpo_tensor *m = dpo_binary(DPO_OP_GT, t, dpo_tensor_scalar(DPO_F32, 5, &e), &e);
+        dpo_tensor *five = dpo_tensor_scalar(DPO_F32, 5, &e);
+        dpo_tensor *m = dpo_binary(DPO_OP_GT, t, five, &e);
         dpo_tensor *zero = dpo_tensor_scalar(DPO_F32, 0, &e), *w;
         w = dpo_where(m, t, zero, &e);
         CHECK(w && dpo_f32(w)[5] == 0 && dpo_f32(w)[6] == 6);
         dpo_tensor_release(w);
         dpo_tensor_release(m);
+        dpo_tensor_release(five);
         dpo_tensor_release(zero);
     }
     dpo_tensor_release(t);
