@@ -84,6 +84,8 @@ int luaopen_dpo_core(lua_State *L) {
     luaL_setfuncs(L, functions, 0);
     dpo_open_tensor(L);
     dpo_open_autograd(L);
+    dpo_open_optim(L);
+    dpo_open_io(L);
     lua_pushliteral(L, DPO_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushliteral(L, LUA_RELEASE);

@@ -32,5 +32,7 @@ int dpo_l_checkdim(lua_State *L, int i, int ndim);
 
 int dpo_open_tensor(lua_State *L);
 int dpo_open_autograd(lua_State *L);
+int dpo_open_optim(lua_State *L);
+int dpo_open_io(lua_State *L);
 
 #endif

@@ -5,7 +5,7 @@
 set -eu
 
 PACKAGES="cmake make gcc pkg-config libc6-dev
-liblua5.4-dev lua5.4 libopenblas-openmp-dev zlib1g-dev libreadline-dev
+liblua5.4-dev lua5.4 libopenblas-openmp-dev zlib1g-dev libreadline-dev libjansson-dev
 lua-busted lua-cjson lua-filesystem tmux"
 
 missing=""

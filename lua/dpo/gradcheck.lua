@@ -52,18 +52,27 @@ function M.gradcheck(fn, inputs, opts)
    assert(core.is_tensor(y), "dpo.gradcheck: fn must return a tensor")
    local r = projection(y, opts.seed or 0)
 
-   -- analytic: d(sum(y * r))/dx, with the inputs' own grads set aside
-   local saved = {}
+   -- analytic: d(sum(y * r))/dx, read as the change backward makes to each
+   -- input's .grad (so gradients a fused node writes in place count too);
+   -- the inputs' grads are restored afterwards
+   local before = {}
    for _, i in ipairs(checked) do
-      saved[i] = inputs[i].grad
-      inputs[i].grad = nil
+      local g = inputs[i].grad
+      before[i] = g and g:clone() or false
    end
    (y * r):sum():backward()
    local analytic = {}
    for _, i in ipairs(checked) do
-      local g = inputs[i].grad
-      analytic[i] = g and g:reshape(-1):totable() or {}
-      inputs[i].grad = saved[i]
+      local x, g0 = inputs[i], before[i]
+      local g = x.grad
+      if g then
+         analytic[i] = (g0 and g - g0 or g):reshape(-1):totable()
+         core.no_grad(function()
+            if g0 then g:copy(g0) else x.grad = nil end
+         end)
+      else
+         analytic[i] = {}
+      end
    end
 
    -- numeric: central differences, one element at a time

@@ -16,7 +16,10 @@ end
 
 dpo.gradcheck = require("dpo.gradcheck").gradcheck
 
+dpo.nn = require "dpo.nn"
+
 dpo.float32 = "float32"
 dpo.int32 = "int32"
+dpo.optim = require "dpo.optim"
 
 return dpo
