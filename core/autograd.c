@@ -63,6 +63,7 @@ int dpo_op_differentiable(dpo_op op) {
     case DPO_OP_TRANSPOSE:
     case DPO_OP_SELECT:
     case DPO_OP_COPY:
+    case DPO_OP_GPT_LOGPS:
         return 1;
     default:
         return 0;
@@ -94,6 +95,10 @@ static void node_clear(dpo_node *n) {
     n->p.saved = NULL;
     dpo_tensor_release(n->gout);
     n->gout = NULL;
+    if (n->custom.release) n->custom.release(n->custom.ctx);
+    n->custom.release = NULL;
+    n->custom.backward = NULL;
+    n->custom.ctx = NULL;
 }
 
 void dpo_node_release(dpo_node *n) {
@@ -131,6 +136,25 @@ dpo_status dpo_ag_record(dpo_tensor *out, dpo_op op, dpo_tensor *const *in, int 
             return e ? e->status : DPO_ERR_MEM;
         }
     }
+    if (out->node) dpo_node_release(out->node);
+    out->node = node;
+    out->requires_grad = 1;
+    return DPO_OK;
+}
+
+dpo_status dpo_ag_record_custom(dpo_tensor *out, dpo_op op, const dpo_custom *custom,
+                                dpo_error *e) {
+    dpo_node *node = (dpo_node *)calloc(1, sizeof *node);
+    if (!node) {
+        if (custom->release) custom->release(custom->ctx);
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory recording '%s'", dpo_op_name(op));
+        return DPO_ERR_MEM;
+    }
+    node->op = op;
+    node->refcount = 1;
+    node->custom = *custom;
+    node->out_ndim = out->ndim;
+    memcpy(node->out_shape, out->shape, sizeof node->out_shape);
     if (out->node) dpo_node_release(out->node);
     out->node = node;
     out->requires_grad = 1;
@@ -810,7 +834,10 @@ dpo_status dpo_backward(dpo_tensor *root, const dpo_tensor *grad, dpo_error *e) 
             st = e ? e->status : DPO_ERR_MEM;
             break;
         }
-        st = node_backward(nd, g, gs, e);
+        if (nd->custom.backward)
+            st = nd->custom.backward(nd->custom.ctx, g, e);
+        else
+            st = node_backward(nd, g, gs, e);
         dpo_tensor_release(g);
         for (int k = 0; k < nd->ninputs; k++) {
             dpo_tensor *x = nd->inputs[k];

@@ -25,6 +25,17 @@ typedef struct dpo_ag_params {
     int index_base;    /* the base of saved indices (1 for Lua-facing ones) */
 } dpo_ag_params;
 
+/*
+** A coarse node (DPO_OP_GPT_LOGPS) brings its own backward: called with
+** dL/d(output), it accumulates straight into the gradients it owns (a model's
+** gradient arena) and returns a status. release frees ctx with the node.
+*/
+typedef struct dpo_custom {
+    dpo_status (*backward)(void *ctx, const dpo_tensor *gout, dpo_error *e);
+    void (*release)(void *ctx);
+    void *ctx;
+} dpo_custom;
+
 typedef struct dpo_node {
     dpo_op op;
     int refcount;
@@ -34,7 +45,8 @@ typedef struct dpo_node {
     dpo_ag_params p;     /* p.saved retained */
     int out_ndim;
     int64_t out_shape[DPO_MAXDIM];
-    int freed; /* set after backward released inputs and saved */
+    dpo_custom custom; /* for coarse nodes; backward == NULL otherwise */
+    int freed;         /* set after backward released inputs and saved */
     /* during backward */
     dpo_tensor *gout; /* dL/d(output), [out_shape] */
     int mark;
@@ -55,6 +67,12 @@ int dpo_ag_wants(dpo_tensor *const *in, int n);
 */
 dpo_status dpo_ag_record(dpo_tensor *out, dpo_op op, dpo_tensor *const *in, int n,
                          const dpo_ag_params *p, dpo_error *e);
+
+/*
+** Make `out` a node with a fused backward (no tensor inputs). Takes ownership of
+** custom->ctx (released with the node, or at once on failure).
+*/
+dpo_status dpo_ag_record_custom(dpo_tensor *out, dpo_op op, const dpo_custom *custom, dpo_error *e);
 
 /* Backpropagate from root; grad may be NULL when root has one element. */
 dpo_status dpo_backward(dpo_tensor *root, const dpo_tensor *grad, dpo_error *e);

@@ -86,6 +86,7 @@ int luaopen_dpo_core(lua_State *L) {
     dpo_open_autograd(L);
     dpo_open_optim(L);
     dpo_open_io(L);
+    dpo_open_gpt(L);
     lua_pushliteral(L, DPO_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushliteral(L, LUA_RELEASE);

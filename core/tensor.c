@@ -20,7 +20,7 @@ static const char *const op_names[] = {
     "relu",      "gelu",      "logsigmoid",   "softplus", "clamp",  "matmul",  "sum",
     "mean",      "max",       "min",          "argmax",   "argmin", "softmax", "log_softmax",
     "logsumexp", "gather",    "index_select", "cat",      "stack",  "where",   "narrow",
-    "reshape",   "transpose", "select",       "copy",
+    "reshape",   "transpose", "select",       "copy",       "gpt_logps",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == DPO_OP_COUNT,
                "op_names must name every dpo_op");

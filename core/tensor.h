@@ -77,6 +77,8 @@ typedef enum {
     DPO_OP_TRANSPOSE,
     DPO_OP_SELECT,
     DPO_OP_COPY,
+    /* coarse nodes with a fused backward */
+    DPO_OP_GPT_LOGPS,
     DPO_OP_COUNT
 } dpo_op;
 

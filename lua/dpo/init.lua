@@ -17,6 +17,7 @@ end
 dpo.gradcheck = require("dpo.gradcheck").gradcheck
 
 dpo.nn = require "dpo.nn"
+dpo.gpt = require "dpo.gpt"
 
 dpo.float32 = "float32"
 dpo.int32 = "int32"

@@ -15,8 +15,24 @@ end
 local function positive(...) return (dpo.rand(...) + 0.5):requires_grad() end
 local function idx(t) return dpo.tensor(t, "int32") end
 
+-- The model's log-probabilities: one fused node; its parameters are the inputs.
+local function gpt_case()
+   local m = dpo.gpt.new{ vocab_size = 11, n_ctx = 8, n_layer = 1, n_head = 2, n_embd = 4, seed = 2 }
+   local _, P = m:named_parameters()
+   dpo.no_grad(function()
+      for _, p in ipairs(m:parameters()) do p:copy(dpo.randn(p:shape()) * 0.5) end
+   end)
+   local ids = idx{ { 1, 5, 9, 2, 7 }, { 3, 10, 0, 0, 0 } }
+   local mask = idx{ { 0, 1, 1, 0, 1 }, { 0, 1, 0, 0, 0 } }
+   return { function() return m:logps(ids, mask) end,
+      { P["transformer.wte.weight"], P["transformer.h.0.attn.c_attn.weight"],
+        P["transformer.h.0.mlp.c_fc.bias"], P["transformer.ln_f.weight"] },
+      { eps = 1e-2, atol = 2e-3, rtol = 2e-2 } }
+end
+
 -- name -> list of {fn, inputs, opts}; several cases per op for broadcasting
 local cases = {
+   gpt_logps = { gpt_case() },
    add = {
       { function(a, b) return a + b end, { randn(2, 3), randn(2, 3) } },
       { function(a, b) return a + b end, { randn(2, 3), randn(3) } },

@@ -1,0 +1,169 @@
+-- dpo.gpt: GPT-2 models (the C engine in core/gpt.c) and Hugging Face
+-- checkpoints.
+--
+--   dpo.gpt.new{vocab_size=, n_ctx=, n_layer=, n_head=, n_embd=,
+--               dropout=0, seed=0, layer_norm_epsilon=1e-5} -> model
+--       GPT-2's architecture and initialisation (normal 0.02, residual
+--       projections 0.02/sqrt(2*n_layer), zero biases, LayerNorm weights 1).
+--   dpo.gpt.load(dir) -> model
+--       a Hugging Face GPT-2 directory: config.json (model_type "gpt2") and
+--       model.safetensors with GPT2LMHeadModel's names, with or without the
+--       "transformer." prefix; attn.bias / attn.masked_bias buffers and a tied
+--       lm_head.weight are ignored. A missing, unexpected or misshapen tensor
+--       is an error naming it.
+--   model:save(dir) -> true
+--       config.json and model.safetensors in the same layout (each written
+--       atomically), so transformers' GPT2LMHeadModel.from_pretrained(dir)
+--       reads it; the directory is created when missing.
+--
+-- The model's own methods (logps, generate, parameters, clone, freeze, ...)
+-- are listed in core/l_gpt.c.
+local core = require "dpo.core"
+local cjson = require "cjson"
+local lfs = require "lfs"
+
+local gpt = {}
+
+function gpt.new(config)
+   assert(type(config) == "table", "dpo.gpt.new: expected a table of options")
+   return core.gpt_new(config)
+end
+
+local function read_file(path)
+   local f, err = io.open(path, "rb")
+   if not f then error(("dpo.gpt.load: %s"):format(err), 3) end
+   local s = f:read("a")
+   f:close()
+   return s
+end
+
+local function shape_str(shape)
+   if #shape == 0 then return "scalar" end
+   return table.concat(shape, "x")
+end
+
+-- The model config from a Hugging Face config.json table.
+local function config_from_hf(c, path)
+   local function fail(msg) error(("dpo.gpt.load: %s: %s"):format(path, msg), 4) end
+   if c.model_type ~= "gpt2" then
+      fail(("model_type is %s, expected \"gpt2\""):format(tostring(c.model_type)))
+   end
+   local act = c.activation_function or "gelu_new"
+   if act ~= "gelu_new" and act ~= "gelu_pytorch_tanh" then
+      fail(("activation_function %s is not supported (GPT-2 uses gelu_new)"):format(act))
+   end
+   if c.n_inner ~= nil and c.n_inner ~= cjson.null and c.n_inner ~= 4 * c.n_embd then
+      fail(("n_inner %s is not supported (only 4 * n_embd)"):format(tostring(c.n_inner)))
+   end
+   if c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn or c.scale_attn_weights == false then
+      fail("non-standard attention scaling options are not supported")
+   end
+   local function int(key, ...)
+      for _, k in ipairs{ key, ... } do
+         local v = c[k]
+         if math.type(v) == "integer" then return v end
+         if type(v) == "number" and v == math.floor(v) then return math.tointeger(v) end
+      end
+      fail(("%s is missing or not an integer"):format(key))
+   end
+   return {
+      vocab_size = int("vocab_size"),
+      n_ctx = int("n_positions", "n_ctx"),
+      n_layer = int("n_layer"),
+      n_head = int("n_head"),
+      n_embd = int("n_embd"),
+      layer_norm_epsilon = tonumber(c.layer_norm_epsilon) or 1e-5,
+      dropout = tonumber(c.resid_pdrop) or 0,
+   }
+end
+
+function gpt.load(dir)
+   assert(type(dir) == "string", "dpo.gpt.load: expected a directory path")
+   local cpath, wpath = dir .. "/config.json", dir .. "/model.safetensors"
+   local ok, conf = pcall(cjson.decode, read_file(cpath))
+   if not ok or type(conf) ~= "table" then
+      error(("dpo.gpt.load: %s: not valid JSON (%s)"):format(cpath, tostring(conf)), 2)
+   end
+   local model = core.gpt_new(config_from_hf(conf, cpath))
+   local tensors, err = core.load(wpath)
+   if not tensors then error("dpo.gpt.load: " .. err, 2) end
+   local list, params = model:named_parameters()
+   local seen = {}
+   for name, t in pairs(tensors) do
+      local key = name
+      if not params[key] and params["transformer." .. key] then key = "transformer." .. key end
+      local p = params[key]
+      if p then
+         local want, got = p:shape(), t:shape()
+         if shape_str(want) ~= shape_str(got) then
+            error(("dpo.gpt.load: %s: tensor '%s' has shape %s, the model needs %s"):format(
+               wpath, name, shape_str(got), shape_str(want)), 2)
+         end
+         core.no_grad(function() p:copy(t) end)
+         seen[key] = true
+      elseif name:match("attn%.bias$") or name:match("attn%.masked_bias$") then
+         -- causal-mask buffers of older checkpoints: not parameters
+      elseif name == "lm_head.weight" then
+         -- tied to the token embedding
+      else
+         error(("dpo.gpt.load: %s: unexpected tensor '%s'"):format(wpath, name), 2)
+      end
+   end
+   for _, np in ipairs(list) do
+      if not seen[np[1]] then
+         error(("dpo.gpt.load: %s: missing tensor '%s' (shape %s)"):format(
+            wpath, np[1], shape_str(np[2]:shape())), 2)
+      end
+   end
+   return model
+end
+
+-- config.json as transformers writes it for GPT-2, for this model.
+local function hf_config(model)
+   local c = model:config()
+   -- cjson writes floats with 14 significant digits; keep eps readable
+   local eps = tonumber(string.format("%.6g", c.layer_norm_epsilon))
+   local p = tonumber(string.format("%.6g", c.dropout))
+   return {
+      architectures = { "GPT2LMHeadModel" },
+      model_type = "gpt2",
+      vocab_size = c.vocab_size,
+      n_positions = c.n_ctx,
+      n_ctx = c.n_ctx,
+      n_embd = c.n_embd,
+      n_layer = c.n_layer,
+      n_head = c.n_head,
+      n_inner = cjson.null,
+      activation_function = "gelu_new",
+      layer_norm_epsilon = eps,
+      resid_pdrop = p,
+      embd_pdrop = p,
+      attn_pdrop = p,
+      initializer_range = 0.02,
+      scale_attn_weights = true,
+      tie_word_embeddings = true,
+      torch_dtype = "float32",
+   }
+end
+
+local function save(model, dir)
+   assert(type(dir) == "string", "save: expected a directory path")
+   local attr = lfs.attributes(dir)
+   if not attr then
+      local ok, err = lfs.mkdir(dir)
+      if not ok then error(("save: cannot create %s: %s"):format(dir, err), 2) end
+   elseif attr.mode ~= "directory" then
+      error(("save: %s exists and is not a directory"):format(dir), 2)
+   end
+   local named = {}
+   for _, np in ipairs(model:named_parameters()) do named[np[1]] = np[2] end
+   local ok, err = core.save(dir .. "/model.safetensors", named, { format = "pt" })
+   if not ok then error("save: " .. err, 2) end
+   ok, err = core.write_file(dir .. "/config.json", cjson.encode(hf_config(model)) .. "\n")
+   if not ok then error("save: " .. err, 2) end
+   return true
+end
+
+core.GPT.save = save
+
+return gpt
