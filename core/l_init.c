@@ -86,7 +86,9 @@ int luaopen_dpo_core(lua_State *L) {
     dpo_open_autograd(L);
     dpo_open_optim(L);
     dpo_open_io(L);
+    dpo_open_bpe(L);
     dpo_open_gpt(L);
+    dpo_open_data(L);
     lua_pushliteral(L, DPO_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushliteral(L, LUA_RELEASE);

@@ -34,6 +34,8 @@ int dpo_open_tensor(lua_State *L);
 int dpo_open_autograd(lua_State *L);
 int dpo_open_optim(lua_State *L);
 int dpo_open_io(lua_State *L);
+int dpo_open_bpe(lua_State *L);
 int dpo_open_gpt(lua_State *L);
+int dpo_open_data(lua_State *L);
 
 #endif

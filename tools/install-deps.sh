@@ -5,7 +5,7 @@
 set -eu
 
 PACKAGES="cmake make gcc pkg-config libc6-dev
-liblua5.4-dev lua5.4 libopenblas-openmp-dev zlib1g-dev libreadline-dev libjansson-dev
+liblua5.4-dev lua5.4 libopenblas-openmp-dev zlib1g-dev libreadline-dev libjansson-dev libutf8proc-dev
 lua-busted lua-cjson lua-filesystem tmux"
 
 missing=""
@@ -16,6 +16,10 @@ for p in $PACKAGES; do
         *) missing="$missing $p" ;;
     esac
 done
+
+# Node.js and npm: the tokenizer spec's reference data (tests/tokenizer/make_reference.sh)
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 
 [ -z "$missing" ] && exit 0
 

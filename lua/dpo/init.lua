@@ -22,5 +22,8 @@ dpo.gpt = require "dpo.gpt"
 dpo.float32 = "float32"
 dpo.int32 = "int32"
 dpo.optim = require "dpo.optim"
+dpo.tokenizer = require "dpo.tokenizer"
+dpo.data = require "dpo.data"
+dpo.filters = require "dpo.filters"
 
 return dpo
