@@ -24,8 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOGIT_CHUNK 64 /* rows of the vocabulary projection at a time */
-#define PER_LAYER   12 /* parameter tensors in a block */
+/* Rows of the vocabulary projection at a time: as many as fit in this many
+   floats (16M, 64 MB), at least 64; big chunks keep the products efficient. */
+#define LOGIT_BUDGET ((size_t)16 << 20)
+#define PER_LAYER    12 /* parameter tensors in a block */
+#define MIN_SHARE    16 /* shortest shared prefix worth packing once */
 
 /* Parameter tensors of a block, in Hugging Face order. */
 enum {
@@ -56,7 +59,7 @@ typedef struct {
     float *ln2_mean;     /* [Nt] */
     float *ln2_rstd;     /* [Nt] */
     float *fch;          /* [Nt, 4C] */
-    float *fch_gelu;     /* [Nt, 4C] */
+    float *fch_gelu;     /* [Nt, 4C] one buffer for all blocks: recomputed in backward */
     float *res3;         /* [Nt, C] residual after the MLP: the block's output */
     unsigned char *mask; /* dropout masks, or NULL: [Nt*C] attn out, [Nt*C] mlp out */
 } block_acts;
@@ -66,6 +69,7 @@ struct dpo_gpt {
     dpo_gpt_config cfg;
     int ntensors;
     dpo_gpt_param *info;
+    int chunk;     /* rows of logits computed at a time */
     size_t total;  /* floats in the parameter arena */
     float *params; /* [total] */
     float *grads;  /* [total], NULL when frozen */
@@ -80,8 +84,12 @@ struct dpo_gpt {
     /* the last forward: its packing, for backward */
     uint64_t run; /* increments with every forward that records */
     int N, Nt, S;
-    int *row_start, *row_len; /* [N] start token and Tn of each row in the packing */
+    int *row_start, *row_len; /* [N] first packed row and number of own tokens of each row */
+    int *row_pre, *row_par;   /* [N] positions shared with a parent row, and that row */
     int *att_off;             /* [N] offset of each row's attention block */
+    int *row_full;            /* [N] positions each row processes (pre + len) */
+    int *plan;                /* [3N] scratch for planning the packing */
+    size_t plan_cap;
     size_t att_size;
     int *tok, *pos; /* [Nt] token id and position of each packed token */
     int *sc_row, *sc_tok,
@@ -239,6 +247,9 @@ static void free_acts(dpo_gpt *m) {
     free(m->row_start);
     m->row_start = NULL;
     m->ints_cap = 0;
+    free(m->plan);
+    m->plan = NULL;
+    m->plan_cap = 0;
 }
 
 void dpo_gpt_release(dpo_gpt *m) {
@@ -381,11 +392,20 @@ static void matmul_backward(float *dinp, float *dw, float *db, const float *dout
 
 #define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
 
+/*
+** tanh through expf: tanh(u) = 1 - 2 / (1 + e^(2u)), within 2e-7 of tanhf
+** and several times faster (glibc's tanhf goes through expm1f); exact at
+** the ends (+-1 for large |u|).
+*/
+static inline float fast_tanh(float u) {
+    return 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+}
+
 static void gelu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_C * (x + 0.044715f * x * x * x)));
+        out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_C * (x + 0.044715f * x * x * x)));
     }
 }
 
@@ -393,7 +413,7 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
 static void gelu_backward(float *dinout, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float x = inp[i], u = GELU_C * (x + 0.044715f * x * x * x), t = tanhf(u);
+        float x = inp[i], u = GELU_C * (x + 0.044715f * x * x * x), t = fast_tanh(u);
         float d =
             0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 0.134145f * x * x);
         dinout[i] *= d;
@@ -401,80 +421,137 @@ static void gelu_backward(float *dinout, const float *inp, size_t n) {
 }
 
 /*
-** Causal attention per row n and head h over the packed qkv [Nt, 3C]:
-** P = softmax(Q K^T / sqrt(HS)) over the prefix, y = P V into atty [Nt, C].
-** att receives P, [Tn, Tn] per (n, h) at att_off[n] + h * Tn * Tn.
+** How the rows of a batch lie in the packed token dimension. Row n's own
+** tokens are packed rows start[n] .. start[n] + len[n] - 1, holding its
+** positions pre[n] .. pre[n] + len[n] - 1; its first pre[n] positions are the
+** same tokens as those of row par[n] (a row with pre == 0, the parent of at
+** most one child), whose packed rows they share. Its attention probabilities
+** are [len, pre + len] per head, at att_off[n] + h * len * (pre + len).
 */
-static void attention_forward(float *atty, float *att, const float *qkv, const int *row_start,
-                              const int *row_len, const int *att_off, int N, int C, int NH) {
+typedef struct {
+    int N;
+    const int *start, *len, *pre, *par, *att_off;
+} packing;
+
+/*
+** Causal attention per row n and head h over the packed qkv [Nt, 3C]:
+** P = softmax(Q K^T / sqrt(HS)) over the prefix (the parent's keys first, then
+** the row's own, causally), y = P V into atty [Nt, C].
+*/
+static void attention_forward(float *atty, float *att, const float *qkv, const packing *pk, int C,
+                              int NH) {
     int HS = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)HS);
 #pragma omp parallel for schedule(dynamic)
-    for (int k = 0; k < N * NH; k++) {
-        int n = k / NH, h = k % NH, T = row_len[n];
-        const float *q, *kk, *v;
-        float *P;
+    for (int k = 0; k < pk->N * NH; k++) {
+        int n = k / NH, h = k % NH, T = pk->len[n], K = pk->pre[n], W = K + T;
+        const float *q, *kk, *v, *kp = NULL, *vp = NULL;
+        float *P, *y;
         if (T == 0) continue;
-        q = qkv + (size_t)row_start[n] * C3 + h * HS;
+        q = qkv + (size_t)pk->start[n] * C3 + h * HS;
         kk = q + C;
         v = q + 2 * C;
-        P = att + att_off[n] + (size_t)h * T * T;
+        y = atty + (size_t)pk->start[n] * C + h * HS;
+        P = att + pk->att_off[n] + (size_t)h * T * W;
+        if (K > 0) {
+            kp = qkv + (size_t)pk->start[pk->par[n]] * C3 + C + h * HS;
+            vp = kp + C;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, K, HS, scale, q, C3, kp, C3,
+                        0.0f, P, W);
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q, C3, kk, C3, 0.0f,
-                    P, T);
+                    P + K, W);
         for (int t = 0; t < T; t++) {
-            float *row = P + (size_t)t * T, mx = -INFINITY;
+            float *row = P + (size_t)t * W, mx = -INFINITY;
+            int last = K + t; /* columns 0..last are visible */
             double s = 0;
             float inv;
-            for (int j = 0; j <= t; j++)
+            for (int j = 0; j <= last; j++)
                 if (row[j] > mx) mx = row[j];
-            for (int j = 0; j <= t; j++) {
+            for (int j = 0; j <= last; j++) {
                 row[j] = expf(row[j] - mx);
                 s += row[j];
             }
             inv = (float)(1.0 / s);
-            for (int j = 0; j <= t; j++) row[j] *= inv;
-            for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            for (int j = 0; j <= last; j++) row[j] *= inv;
+            for (int j = last + 1; j < W; j++) row[j] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, P, T, v, C3, 0.0f,
-                    atty + (size_t)row_start[n] * C + h * HS, C);
+        if (K > 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, K, 1.0f, P, W, vp, C3,
+                        0.0f, y, C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, P + K, W, v, C3,
+                    K > 0 ? 1.0f : 0.0f, y, C);
     }
 }
 
-/* dqkv [Nt, 3C] (overwritten) from datty [Nt, C]; scratch holds [Tmax, Tmax] per thread */
-static void attention_backward(float *dqkv, const float *datty, const float *att, const float *qkv,
-                               const int *row_start, const int *row_len, const int *att_off, int N,
-                               int C, int NH, float *scratch, size_t scratch_per_thread) {
-    int HS = C / NH, C3 = 3 * C;
+/* The backward of one (row, head); dK and dV of a parent's rows accumulate. */
+static void attention_backward_one(float *dqkv, const float *datty, const float *att,
+                                   const float *qkv, const packing *pk, int n, int h, int C, int NH,
+                                   float *dP) {
+    int HS = C / NH, C3 = 3 * C, T = pk->len[n], K = pk->pre[n], W = K + T;
     float scale = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for schedule(dynamic)
-    for (int k = 0; k < N * NH; k++) {
-        int n = k / NH, h = k % NH, T = row_len[n];
-        size_t base = (size_t)row_start[n] * C3 + (size_t)h * HS;
-        const float *q = qkv + base, *kk = q + C, *v = q + 2 * C, *P;
-        const float *dy = datty + (size_t)row_start[n] * C + h * HS;
-        float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C;
-        float *dP = scratch + (size_t)omp_get_thread_num() * scratch_per_thread;
-        if (T == 0) continue;
-        P = att + att_off[n] + (size_t)h * T * T;
-        /* dP = dY V^T ; dV = P^T dY */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, 1.0f, dy, C, v, C3, 0.0f, dP,
-                    T);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, P, T, dy, C, 0.0f, dv,
+    size_t base = (size_t)pk->start[n] * C3 + (size_t)h * HS;
+    const float *q = qkv + base, *kk = q + C, *v = q + 2 * C, *kp = NULL, *vp = NULL;
+    const float *dy = datty + (size_t)pk->start[n] * C + h * HS;
+    const float *P = att + pk->att_off[n] + (size_t)h * T * W;
+    float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C, *dkp = NULL, *dvp = NULL;
+    if (T == 0) return;
+    if (K > 0) {
+        size_t pb = (size_t)pk->start[pk->par[n]] * C3 + (size_t)h * HS;
+        kp = qkv + pb + C, vp = kp + C;
+        dkp = dqkv + pb + C, dvp = dkp + C;
+    }
+    /* dP = dY V^T ; dV = P^T dY (the parent's part accumulates) */
+    if (K > 0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, K, HS, 1.0f, dy, C, vp, C3, 0.0f,
+                    dP, W);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, HS, T, 1.0f, P, W, dy, C, 1.0f, dvp,
                     C3);
-        /* dS = P * (dP - sum_j P dP) * scale, causal */
-        for (int t = 0; t < T; t++) {
-            const float *p = P + (size_t)t * T;
-            float *d = dP + (size_t)t * T;
-            double s = 0;
-            for (int j = 0; j <= t; j++) s += (double)p[j] * d[j];
-            for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - (float)s) * scale;
-            for (int j = t + 1; j < T; j++) d[j] = 0.0f;
-        }
-        /* dQ = dS K ; dK = dS^T Q */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dP, T, kk, C3, 0.0f,
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, 1.0f, dy, C, v, C3, 0.0f, dP + K,
+                W);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, P + K, W, dy, C, 0.0f, dv,
+                C3);
+    /* dS = P * (dP - sum_j P dP) * scale over the visible columns */
+    for (int t = 0; t < T; t++) {
+        const float *p = P + (size_t)t * W;
+        float *d = dP + (size_t)t * W;
+        int last = K + t;
+        double s = 0;
+        for (int j = 0; j <= last; j++) s += (double)p[j] * d[j];
+        for (int j = 0; j <= last; j++) d[j] = p[j] * (d[j] - (float)s) * scale;
+        for (int j = last + 1; j < W; j++) d[j] = 0.0f;
+    }
+    /* dQ = dS K ; dK = dS^T Q (the parent's part accumulates) */
+    if (K > 0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, K, 1.0f, dP, W, kp, C3, 0.0f,
                     dq, C3);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dP, T, q, C3, 0.0f, dk,
-                    C3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, HS, T, 1.0f, dP, W, q, C3, 1.0f,
+                    dkp, C3);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dP + K, W, kk, C3,
+                K > 0 ? 1.0f : 0.0f, dq, C3);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dP + K, W, q, C3, 0.0f, dk,
+                C3);
+}
+
+/*
+** dqkv [Nt, 3C] from datty [Nt, C]. Rows without a parent go first (they
+** write their dK, dV); then rows with one, which add into their parent's
+** (each parent has one child, so the second phase has no two writers).
+** scratch: [Tmax, Tmax] per thread.
+*/
+static void attention_backward(float *dqkv, const float *datty, const float *att, const float *qkv,
+                               const packing *pk, int C, int NH, float *scratch,
+                               size_t scratch_per_thread) {
+    for (int phase = 0; phase < 2; phase++) {
+#pragma omp parallel for schedule(dynamic)
+        for (int k = 0; k < pk->N * NH; k++) {
+            int n = k / NH;
+            if ((pk->pre[n] > 0) != phase) continue;
+            attention_backward_one(dqkv, datty, att, qkv, pk, n, k % NH, C, NH,
+                                   scratch + (size_t)omp_get_thread_num() * scratch_per_thread);
+        }
     }
 }
 
@@ -504,13 +581,17 @@ static void dropout_backward(float *dx, const unsigned char *mask, size_t n, flo
 static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, int nb, int backward,
                         int dropout, dpo_error *e) {
     size_t C = (size_t)m->cfg.n_embd, V = (size_t)m->cfg.vocab_size, nt = (size_t)Nt;
-    size_t per_block = 16 * nt * C + 4 * nt + A;
+    size_t per_block = 12 * nt * C + 4 * nt + A;
     size_t nthreads = (size_t)omp_get_max_threads();
-    size_t floats = nb * per_block + 2 * nt * C + 2 * nt + (size_t)S * C + (size_t)S +
-                    LOGIT_CHUNK * V + (nt > (size_t)S ? nt : (size_t)S) + 1;
     size_t masks = dropout ? (2 * (size_t)nb + 1) * nt * C : 0;
-    size_t ints = 3 * (size_t)N + 2 * nt + 3 * (size_t)S + 1;
+    size_t ints = 6 * (size_t)N + 2 * nt + 3 * (size_t)S + 1;
+    size_t floats;
     float *f;
+    m->chunk = (int)(LOGIT_BUDGET / V > 64 ? LOGIT_BUDGET / V : 64);
+    if (m->chunk > S && S > 0) m->chunk = S;
+    if (m->chunk < 1) m->chunk = 1;
+    floats = nb * per_block + 4 * nt * C + 2 * nt * C + 2 * nt + (size_t)S * C + (size_t)S +
+             (size_t)m->chunk * V + (nt > (size_t)S ? nt : (size_t)S) + 1;
     if (backward)
         floats += 4 * nt * C + 4 * nt * C + 3 * nt * C + (size_t)S * C +
                   nthreads * (size_t)Tmax * (size_t)Tmax;
@@ -535,7 +616,10 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
         }
     }
     m->row_len = m->row_start + N;
-    m->att_off = m->row_len + N;
+    m->row_pre = m->row_len + N;
+    m->row_par = m->row_pre + N;
+    m->row_full = m->row_par + N;
+    m->att_off = m->row_full + N;
     m->tok = m->att_off + N;
     m->pos = m->tok + Nt;
     m->sc_row = m->pos + Nt;
@@ -556,17 +640,18 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
         TAKE(b->ln2_mean, nt);
         TAKE(b->ln2_rstd, nt);
         TAKE(b->fch, 4 * nt * C);
-        TAKE(b->fch_gelu, 4 * nt * C);
         TAKE(b->res3, nt * C);
     }
     for (int l = nb; l < m->cfg.n_layer; l++) m->blocks[l] = m->blocks[0];
+    TAKE(m->blocks[0].fch_gelu, 4 * nt * C);
+    for (int l = 1; l < m->cfg.n_layer; l++) m->blocks[l].fch_gelu = m->blocks[0].fch_gelu;
     TAKE(m->encoded, nt * C);
     TAKE(m->lnf, nt * C);
     TAKE(m->lnf_mean, nt);
     TAKE(m->lnf_rstd, nt);
     TAKE(m->hs, (size_t)S * C);
     TAKE(m->lse, (size_t)S);
-    TAKE(m->logits, LOGIT_CHUNK * V);
+    TAKE(m->logits, (size_t)m->chunk * V);
     TAKE(m->ones, (nt > (size_t)S ? nt : (size_t)S) + 1);
     if (backward) {
         TAKE(m->dres, nt * C);
@@ -593,6 +678,17 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
 
 /* ---- forward and backward of the packed batch ----------------------------------------- */
 
+static packing packing_of(const dpo_gpt *m) {
+    packing pk;
+    pk.N = m->N;
+    pk.start = m->row_start;
+    pk.len = m->row_len;
+    pk.pre = m->row_pre;
+    pk.par = m->row_par;
+    pk.att_off = m->att_off;
+    return pk;
+}
+
 static float *P_(dpo_gpt *m, int l, int which) {
     return m->params + m->info[2 + PER_LAYER * l + which].offset;
 }
@@ -604,6 +700,7 @@ static float *G_(dpo_gpt *m, int l, int which) {
 static void forward_hidden(dpo_gpt *m, int drop) {
     int Nt = m->Nt, C = m->cfg.n_embd, NH = m->cfg.n_head, L = m->cfg.n_layer;
     float eps = m->cfg.eps, p = m->cfg.dropout;
+    packing pk = packing_of(m);
     const float *wte = m->params, *wpe = m->params + m->info[1].offset;
     float *lnfw = m->params + m->info[m->ntensors - 2].offset;
     float *lnfb = m->params + m->info[m->ntensors - 1].offset;
@@ -621,8 +718,7 @@ static void forward_hidden(dpo_gpt *m, int drop) {
         layernorm_forward(b->ln1, b->ln1_mean, b->ln1_rstd, x, P_(m, l, P_LN1_W), P_(m, l, P_LN1_B),
                           Nt, C, eps);
         matmul_forward(b->qkv, b->ln1, P_(m, l, P_QKV_W), P_(m, l, P_QKV_B), Nt, C, 3 * C);
-        attention_forward(b->atty, b->att, b->qkv, m->row_start, m->row_len, m->att_off, m->N, C,
-                          NH);
+        attention_forward(b->atty, b->att, b->qkv, &pk, C, NH);
         matmul_forward(b->res2, b->atty, P_(m, l, P_PROJ_W), P_(m, l, P_PROJ_B), Nt, C, C);
         if (drop) dropout_forward(b->res2, b->mask, n, p, &m->drop_rng);
 #pragma omp parallel for schedule(static)
@@ -666,8 +762,8 @@ static void forward_head(dpo_gpt *m, float *logps, float *counts) {
 #pragma omp parallel for schedule(static)
     for (int s = 0; s < S; s++)
         memcpy(m->hs + (size_t)s * C, m->lnf + (size_t)m->sc_row[s] * C, sizeof(float) * (size_t)C);
-    for (int s0 = 0; s0 < S; s0 += LOGIT_CHUNK) {
-        int n = S - s0 < LOGIT_CHUNK ? S - s0 : LOGIT_CHUNK;
+    for (int s0 = 0; s0 < S; s0 += m->chunk) {
+        int n = S - s0 < m->chunk ? S - s0 : m->chunk;
         head_chunk(m, s0, n);
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < n; i++) row_lse(m->logits + (size_t)i * V, V, &m->lse[s0 + i]);
@@ -694,13 +790,14 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
     const float *lnfw = m->params + m->info[m->ntensors - 2].offset;
     float *dbranch = m->datty + n;
     int Tmax = 0;
+    packing pk = packing_of(m);
     for (int i = 0; i < m->N; i++)
-        if (m->row_len[i] > Tmax) Tmax = m->row_len[i];
+        if (m->row_full[i] > Tmax) Tmax = m->row_full[i];
 
     /* LM head: dlogits = g * (onehot(target) - softmax), recomputed per chunk */
     memset(m->dln, 0, n * sizeof(float));
-    for (int s0 = 0; s0 < S; s0 += LOGIT_CHUNK) {
-        int cn = S - s0 < LOGIT_CHUNK ? S - s0 : LOGIT_CHUNK;
+    for (int s0 = 0; s0 < S; s0 += m->chunk) {
+        int cn = S - s0 < m->chunk ? S - s0 : m->chunk;
         head_chunk(m, s0, cn);
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < cn; i++) {
@@ -714,10 +811,12 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, cn, 1.0f, m->logits, V,
                     m->hs + (size_t)s0 * C, C, 1.0f, dwte, C);
     }
-#pragma omp parallel for schedule(static)
-    for (int s = 0; s < S; s++)
-        memcpy(m->dln + (size_t)m->sc_row[s] * C, m->dhs + (size_t)s * C,
-               sizeof(float) * (size_t)C);
+    /* a packed row shared by a parent and its child may be scored twice: add */
+    for (int s = 0; s < S; s++) {
+        float *d = m->dln + (size_t)m->sc_row[s] * C;
+        const float *g = m->dhs + (size_t)s * C;
+        for (int i = 0; i < C; i++) d[i] += g[i];
+    }
 
     /* final LayerNorm */
     memset(m->dres, 0, n * sizeof(float));
@@ -734,6 +833,7 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
             dropout_backward(dbranch, b->mask + n, n, p);
             g = dbranch;
         }
+        gelu_forward(b->fch_gelu, b->fch, 4 * n); /* not kept: recomputed */
         matmul_backward(m->dbig, G_(m, l, P_FCP_W), G_(m, l, P_FCP_B), g, b->fch_gelu,
                         P_(m, l, P_FCP_W), m->ones, Nt, 4 * C, C);
         gelu_backward(m->dbig, b->fch, 4 * n);
@@ -750,8 +850,8 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         }
         matmul_backward(m->datty, G_(m, l, P_PROJ_W), G_(m, l, P_PROJ_B), g, b->atty,
                         P_(m, l, P_PROJ_W), m->ones, Nt, C, C);
-        attention_backward(m->dqkv, m->datty, b->att, b->qkv, m->row_start, m->row_len, m->att_off,
-                           m->N, C, NH, m->datt_scratch, (size_t)Tmax * Tmax);
+        attention_backward(m->dqkv, m->datty, b->att, b->qkv, &pk, C, NH, m->datt_scratch,
+                           (size_t)Tmax * Tmax);
         matmul_backward(m->dln, G_(m, l, P_QKV_W), G_(m, l, P_QKV_B), m->dqkv, b->ln1,
                         P_(m, l, P_QKV_W), m->ones, Nt, C, 3 * C);
         layernorm_backward(m->dres, G_(m, l, P_LN1_W), G_(m, l, P_LN1_B), m->dln, x,
@@ -818,65 +918,102 @@ dpo_tensor *dpo_gpt_logps(dpo_gpt *m, const dpo_tensor *ids_in, const dpo_tensor
     T = (int)ids_in->shape[1];
     ids = dpo_tensor_contiguous((dpo_tensor *)ids_in, e);
     if (!ids) return NULL;
-    /* first pass: the length each row needs, and validation */
-    for (int n = 0; n < N; n++) {
-        int last = 0, cnt = 0;
-        for (int t = 1; t < T; t++)
-            if (mask_at(mask, (int64_t)n * T + t)) last = t, cnt++;
-        for (int t = 0; t <= last; t++) {
-            int32_t id = dpo_i32(ids)[(size_t)n * T + t];
-            if (id < 0 || id >= V) {
-                dpo_tensor_release(ids);
-                return dpo_fail(e, DPO_ERR_RANGE, 1,
-                                "token id %d at row %d, position %d is out of range 0..%d", id,
-                                n + 1, t + 1, V - 1);
-            }
-        }
-        if (last > m->cfg.n_ctx) {
+    if ((size_t)3 * N > m->plan_cap) {
+        free(m->plan);
+        m->plan = (int *)malloc(sizeof(int) * 3 * (size_t)(N + 1));
+        m->plan_cap = m->plan ? 3 * (size_t)N : 0;
+        if (!m->plan) {
             dpo_tensor_release(ids);
-            return dpo_fail(e, DPO_ERR_SHAPE, 1,
-                            "row %d scores a token at position %d but the model's n_ctx is %d",
-                            n + 1, last + 1, m->cfg.n_ctx);
+            return dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
         }
-        Nt += last;
-        S += cnt;
-        if ((double)A + (double)m->cfg.n_head * last * last > 2147483647.0 || Nt > 100000000) {
-            dpo_tensor_release(ids);
-            return dpo_fail(e, DPO_ERR_SHAPE, 1, "batch too large (%d rows of up to %d tokens)", N,
-                            T);
-        }
-        A += (size_t)m->cfg.n_head * last * last;
-        if (last > Tmax) Tmax = last;
     }
-    record = record && !m->frozen && m->grads;
-    if (ensure_arena(m, N, Nt, S, A, Tmax, record ? m->cfg.n_layer : 1, record,
-                     m->training && m->cfg.dropout > 0, e)) {
-        dpo_tensor_release(ids);
-        return NULL;
-    }
-    /* second pass: the packing */
     {
-        int r = 0, s = 0;
-        size_t off = 0;
+        int *lastv = m->plan, *pre = m->plan + N, *par = m->plan + 2 * N;
+        const int32_t *id = dpo_i32(ids);
+        /* first pass: the positions each row needs (up to its last scored token), and validation */
         for (int n = 0; n < N; n++) {
-            int last = 0;
+            int last = 0, cnt = 0;
             for (int t = 1; t < T; t++)
-                if (mask_at(mask, (int64_t)n * T + t)) last = t;
-            m->row_start[n] = r;
-            m->row_len[n] = last;
-            m->att_off[n] = (int)off;
-            off += (size_t)m->cfg.n_head * last * last;
-            for (int t = 0; t < last; t++, r++) {
-                m->tok[r] = dpo_i32(ids)[(size_t)n * T + t];
-                m->pos[r] = t;
-            }
-            for (int t = 1; t <= last; t++)
-                if (mask_at(mask, (int64_t)n * T + t)) {
-                    m->sc_row[s] = m->row_start[n] + t - 1;
-                    m->sc_tok[s] = dpo_i32(ids)[(size_t)n * T + t];
-                    m->sc_seq[s] = n;
-                    s++;
+                if (mask_at(mask, (int64_t)n * T + t)) last = t, cnt++;
+            for (int t = 0; t <= last; t++) {
+                int32_t v = id[(size_t)n * T + t];
+                if (v < 0 || v >= V) {
+                    dpo_tensor_release(ids);
+                    return dpo_fail(e, DPO_ERR_RANGE, 1,
+                                    "token id %d at row %d, position %d is out of range 0..%d", v,
+                                    n + 1, t + 1, V - 1);
                 }
+            }
+            if (last > m->cfg.n_ctx) {
+                dpo_tensor_release(ids);
+                return dpo_fail(e, DPO_ERR_SHAPE, 1,
+                                "row %d scores a token at position %d but the model's n_ctx is %d",
+                                n + 1, last + 1, m->cfg.n_ctx);
+            }
+            lastv[n] = last, pre[n] = 0, par[n] = -1;
+            S += cnt;
+            if (last > Tmax) Tmax = last;
+        }
+        /* rows that begin with another row's tokens (a DPO pair's shared prompt) reuse that
+           row's computation of them; a row lends its prefix to at most one other row */
+        for (int n = 1; n < N; n++) {
+            int best = 0, who = -1;
+            for (int p = 0; p < n; p++) {
+                int k = 0, lim = lastv[n] < lastv[p] ? lastv[n] : lastv[p];
+                if (par[p] != -1) continue; /* has a parent, or lends already */
+                while (k < lim && id[(size_t)n * T + k] == id[(size_t)p * T + k]) k++;
+                if (k > best) best = k, who = p;
+            }
+            if (best >= MIN_SHARE) {
+                pre[n] = best, par[n] = who;
+                par[who] = -2; /* taken */
+            }
+        }
+        for (int n = 0; n < N; n++) {
+            int len = lastv[n] - pre[n];
+            Nt += len;
+            A += (size_t)m->cfg.n_head * len * lastv[n];
+            if ((double)A > 2147483647.0 || Nt > 100000000) {
+                dpo_tensor_release(ids);
+                return dpo_fail(e, DPO_ERR_SHAPE, 1, "batch too large (%d rows of up to %d tokens)",
+                                N, T);
+            }
+        }
+        record = record && !m->frozen && m->grads;
+        if (ensure_arena(m, N, Nt, S, A, Tmax, record ? m->cfg.n_layer : 1, record,
+                         m->training && m->cfg.dropout > 0, e)) {
+            dpo_tensor_release(ids);
+            return NULL;
+        }
+        /* second pass: the packing */
+        {
+            int r = 0, sc = 0;
+            size_t off = 0;
+            for (int n = 0; n < N; n++) {
+                int K = pre[n], last = lastv[n];
+                m->row_start[n] = r;
+                m->row_len[n] = last - K;
+                m->row_pre[n] = K;
+                m->row_par[n] = K > 0 ? par[n] : -1;
+                m->row_full[n] = last;
+                m->att_off[n] = (int)off;
+                off += (size_t)m->cfg.n_head * (last - K) * last;
+                for (int t = K; t < last; t++, r++) {
+                    m->tok[r] = id[(size_t)n * T + t];
+                    m->pos[r] = t;
+                }
+            }
+            for (int n = 0; n < N; n++)
+                for (int t = 1; t <= lastv[n]; t++)
+                    if (mask_at(mask, (int64_t)n * T + t)) {
+                        /* the hidden state at t-1: in the parent's rows when shared */
+                        m->sc_row[sc] = t - 1 < m->row_pre[n]
+                                            ? m->row_start[m->row_par[n]] + t - 1
+                                            : m->row_start[n] + t - 1 - m->row_pre[n];
+                        m->sc_tok[sc] = id[(size_t)n * T + t];
+                        m->sc_seq[sc] = n;
+                        sc++;
+                    }
         }
     }
     dpo_tensor_release(ids);
@@ -937,6 +1074,7 @@ dpo_status dpo_gpt_next_logits(dpo_gpt *m, const int32_t *ids, int n, float *log
     if (ensure_arena(m, 1, n, 1, (size_t)m->cfg.n_head * n * n, n, 1, 0, 0, e))
         return e ? e->status : DPO_ERR_MEM;
     m->row_start[0] = 0, m->row_len[0] = n, m->att_off[0] = 0;
+    m->row_pre[0] = 0, m->row_par[0] = -1, m->row_full[0] = n;
     for (int t = 0; t < n; t++) m->tok[t] = ids[t], m->pos[t] = t;
     m->run++;
     forward_hidden(m, 0);

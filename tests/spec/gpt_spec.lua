@@ -199,6 +199,33 @@ describe("dpo.gpt", function()
       end
    end)
 
+   it("computes a prompt shared by several rows once, with the same results", function()
+      local m = scramble(dpo.gpt.new{ vocab_size = 40, n_ctx = 64, n_layer = 2, n_head = 2, n_embd = 8, seed = 1 }, 8)
+      dpo.manual_seed(3)
+      local prompt = dpo.randint(0, 40, 1, 20)
+      local rows = {}
+      for k = 1, 3 do rows[k] = dpo.cat({ prompt, dpo.randint(0, 40, 1, 10) }, 2) end
+      local ids = dpo.cat(rows, 1)
+      local mask = dpo.zeros(3, 30, "int32")
+      mask:narrow(2, 18, 13):fill(1) -- also scores three prompt tokens
+      local r = dpo.tensor{ 0.3, -0.7, 1.1 }
+      m:zero_grad()
+      local lp = m:logps(ids, mask)
+      ;(lp * r):sum():backward()
+      local together = {}
+      for i, p in ipairs(m:parameters()) do together[i] = p.grad:clone() end
+      m:zero_grad()
+      for n = 1, 3 do
+         local one = m:logps(ids:narrow(1, n, 1):contiguous(), mask:narrow(1, n, 1):contiguous())
+         assert.is_true(math.abs(one[1] - lp[n]) <= 1e-4 * math.abs(lp[n]))
+         ;(one * r[n]):sum():backward()
+      end
+      for i, p in ipairs(m:parameters()) do
+         local ok, d = close(p.grad, together[i], 1e-5, 1e-4)
+         assert(ok, ("gradient %d differs by %g"):format(i, d))
+      end
+   end)
+
    it("records nothing under no_grad or when frozen, and accumulates gradients", function()
       local m = dpo.gpt.new(cfg)
       local lp = dpo.no_grad(function() return m:logps(IDS, MASK) end)
