@@ -22,6 +22,7 @@
 ** the reference (dpo_bpe_word(.., fast = 0)) and tested against both.
 */
 #include "bpe.h"
+#include "io.h"
 
 #include <jansson.h>
 #include <omp.h>
@@ -1683,34 +1684,6 @@ static json_t *config_json(const dpo_bpe *t) {
     return root;
 }
 
-/* Write data to path through path.tmp<pid>: flushed, synced, renamed. */
-static dpo_status write_atomic(const char *path, const char *data, size_t n, dpo_error *e) {
-    size_t pl = strlen(path);
-    char *tmp = (char *)malloc(pl + 32);
-    FILE *f;
-    int err = 0;
-    if (!tmp) {
-        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
-        return e->status;
-    }
-    snprintf(tmp, pl + 32, "%s.tmp%ld", path, (long)getpid());
-    f = fopen(tmp, "wb");
-    if (!f) {
-        dpo_fail(e, DPO_ERR_IO, 0, "%s: %s", path, strerror(errno));
-        free(tmp);
-        return e->status;
-    }
-    if (fwrite(data, 1, n, f) != n || fflush(f) != 0 || fsync(fileno(f)) != 0) err = errno;
-    if (fclose(f) != 0 && !err) err = errno;
-    if (!err && rename(tmp, path) != 0) err = errno;
-    if (err) {
-        unlink(tmp);
-        dpo_fail(e, DPO_ERR_IO, 0, "%s: %s", path, strerror(err));
-    }
-    free(tmp);
-    return err ? e->status : DPO_OK;
-}
-
 static dpo_status save_doc(json_t *doc, const char *path, dpo_error *e) {
     char *s = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
     dpo_status st;
@@ -1722,7 +1695,7 @@ static dpo_status save_doc(json_t *doc, const char *path, dpo_error *e) {
     }
     n = strlen(s);
     s[n] = '\n'; /* json_dumps leaves no newline; its NUL is ours to replace */
-    st = write_atomic(path, s, n + 1, e);
+    st = dpo_write_file_atomic(path, s, n + 1, e);
     free(s);
     return st;
 }
