@@ -29,6 +29,7 @@
 #define LOGIT_BUDGET ((size_t)16 << 20)
 #define PER_LAYER    12 /* parameter tensors in a block */
 #define MIN_SHARE    16 /* shortest shared prefix worth packing once */
+#define ATT_BLOCK    64 /* query rows per block of causal attention */
 
 /* Parameter tensors of a block, in Hugging Face order. */
 enum {
@@ -393,16 +394,27 @@ static void matmul_backward(float *dinp, float *dw, float *db, const float *dout
 #define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
 
 /*
-** tanh through expf: tanh(u) = 1 - 2 / (1 + e^(2u)), within 2e-7 of tanhf
+** expf for loops that vectorize: with GCC and glibc, the same expf declared
+** with its SIMD variants, so `omp simd` loops call libmvec's vector expf
+** (the same results within 1 ulp, 2-4 times the speed). Elsewhere plain expf.
+*/
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+float vexpf(float) __asm__("expf") __attribute__((simd("notinbranch")));
+#else
+#define vexpf expf
+#endif
+
+/*
+** tanh through expf: tanh(u) = 1 - 2 / (1 + e^(2u)), within 3e-7 of tanhf
 ** and several times faster (glibc's tanhf goes through expm1f); exact at
 ** the ends (+-1 for large |u|).
 */
 static inline float fast_tanh(float u) {
-    return 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+    return 1.0f - 2.0f / (1.0f + vexpf(2.0f * u));
 }
 
 static void gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + fast_tanh(GELU_C * (x + 0.044715f * x * x * x)));
@@ -411,7 +423,7 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
 
 /* dx = dout * gelu'(x), in place over dout */
 static void gelu_backward(float *dinout, const float *inp, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i], u = GELU_C * (x + 0.044715f * x * x * x), t = fast_tanh(u);
         float d =
@@ -459,8 +471,12 @@ static void attention_forward(float *atty, float *att, const float *qkv, const p
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, K, HS, scale, q, C3, kp, C3,
                         0.0f, P, W);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q, C3, kk, C3, 0.0f,
-                    P + K, W);
+        /* own keys, causally: query rows [t0, t1) see own keys [0, t1) */
+        for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+            int t1 = t0 + ATT_BLOCK < T ? t0 + ATT_BLOCK : T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, t1, HS, scale,
+                        q + (size_t)t0 * C3, C3, kk, C3, 0.0f, P + (size_t)t0 * W + K, W);
+        }
         for (int t = 0; t < T; t++) {
             float *row = P + (size_t)t * W, mx = -INFINITY;
             int last = K + t; /* columns 0..last are visible */
@@ -468,8 +484,9 @@ static void attention_forward(float *atty, float *att, const float *qkv, const p
             float inv;
             for (int j = 0; j <= last; j++)
                 if (row[j] > mx) mx = row[j];
+#pragma omp simd reduction(+ : s)
             for (int j = 0; j <= last; j++) {
-                row[j] = expf(row[j] - mx);
+                row[j] = vexpf(row[j] - mx);
                 s += row[j];
             }
             inv = (float)(1.0 / s);
@@ -479,8 +496,12 @@ static void attention_forward(float *atty, float *att, const float *qkv, const p
         if (K > 0)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, K, 1.0f, P, W, vp, C3,
                         0.0f, y, C);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, P + K, W, v, C3,
-                    K > 0 ? 1.0f : 0.0f, y, C);
+        for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+            int t1 = t0 + ATT_BLOCK < T ? t0 + ATT_BLOCK : T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, HS, t1, 1.0f,
+                        P + (size_t)t0 * W + K, W, v, C3, K > 0 ? 1.0f : 0.0f, y + (size_t)t0 * C,
+                        C);
+        }
     }
 }
 
@@ -508,10 +529,17 @@ static void attention_backward_one(float *dqkv, const float *datty, const float 
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, HS, T, 1.0f, P, W, dy, C, 1.0f, dvp,
                     C3);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, 1.0f, dy, C, v, C3, 0.0f, dP + K,
-                W);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, P + K, W, dy, C, 0.0f, dv,
-                C3);
+    for (int t = 0; t < T; t++) { /* the own dK, dV accumulate over query blocks */
+        memset(dk + (size_t)t * C3, 0, sizeof(float) * (size_t)HS);
+        memset(dv + (size_t)t * C3, 0, sizeof(float) * (size_t)HS);
+    }
+    for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+        int t1 = t0 + ATT_BLOCK < T ? t0 + ATT_BLOCK : T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, t1, HS, 1.0f,
+                    dy + (size_t)t0 * C, C, v, C3, 0.0f, dP + (size_t)t0 * W + K, W);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, HS, t1 - t0, 1.0f,
+                    P + (size_t)t0 * W + K, W, dy + (size_t)t0 * C, C, 1.0f, dv, C3);
+    }
     /* dS = P * (dP - sum_j P dP) * scale over the visible columns */
     for (int t = 0; t < T; t++) {
         const float *p = P + (size_t)t * W;
@@ -529,10 +557,14 @@ static void attention_backward_one(float *dqkv, const float *datty, const float 
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, HS, T, 1.0f, dP, W, q, C3, 1.0f,
                     dkp, C3);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dP + K, W, kk, C3,
-                K > 0 ? 1.0f : 0.0f, dq, C3);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dP + K, W, q, C3, 0.0f, dk,
-                C3);
+    for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+        int t1 = t0 + ATT_BLOCK < T ? t0 + ATT_BLOCK : T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t1 - t0, HS, t1, 1.0f,
+                    dP + (size_t)t0 * W + K, W, kk, C3, K > 0 ? 1.0f : 0.0f, dq + (size_t)t0 * C3,
+                    C3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, HS, t1 - t0, 1.0f,
+                    dP + (size_t)t0 * W + K, W, q + (size_t)t0 * C3, C3, 1.0f, dk, C3);
+    }
 }
 
 /*
@@ -746,12 +778,14 @@ static void head_chunk(dpo_gpt *m, int s0, int n) {
                 m->params, C, 0.0f, m->logits, V);
 }
 
+/* log-sum-exp of a row of logits: float exponentials summed in double */
 static void row_lse(const float *row, int V, float *lse) {
     float mx = -INFINITY;
     double s = 0;
     for (int v = 0; v < V; v++)
         if (row[v] > mx) mx = row[v];
-    for (int v = 0; v < V; v++) s += exp((double)(row[v] - mx));
+#pragma omp simd reduction(+ : s)
+    for (int v = 0; v < V; v++) s += vexpf(row[v] - mx);
     *lse = mx + (float)log(s);
 }
 
@@ -803,7 +837,8 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         for (int i = 0; i < cn; i++) {
             int s = s0 + i;
             float g = dlogps[m->sc_seq[s]], lse = m->lse[s], *row = m->logits + (size_t)i * V;
-            for (int v = 0; v < V; v++) row[v] = -g * expf(row[v] - lse);
+#pragma omp simd
+            for (int v = 0; v < V; v++) row[v] = -g * vexpf(row[v] - lse);
             row[m->sc_tok[s]] += g;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cn, C, V, 1.0f, m->logits, V,

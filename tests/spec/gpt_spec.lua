@@ -161,6 +161,29 @@ describe("dpo.gpt", function()
       end
    end)
 
+   it("agrees with the reference on rows longer than one attention block, sharing a prompt", function()
+      local c = { vocab_size = 29, n_ctx = 160, n_layer = 1, n_head = 2, n_embd = 8, seed = 4 }
+      local m = scramble(dpo.gpt.new(c), 9)
+      dpo.manual_seed(12)
+      local prompt = dpo.randint(0, 29, 1, 70)
+      local ids = dpo.cat({ dpo.cat({ prompt, dpo.randint(0, 29, 1, 80) }, 2),
+         dpo.cat({ prompt, dpo.randint(0, 29, 1, 80) }, 2) }, 1)
+      local mask = dpo.zeros(2, 150, "int32")
+      mask:narrow(2, 60, 91):fill(1)
+      local lp = m:logps(ids, mask)
+      local ref, P = reference(m, ids, mask)
+      local ok, d = close(lp, ref:detach(), 1e-3, 1e-5)
+      assert(ok, "logps differ by " .. d)
+      local r = dpo.tensor{ 1.3, -0.4 }
+      m:zero_grad()
+      ;(lp * r):sum():backward()
+      ;(ref * r):sum():backward()
+      for _, np in ipairs(m:named_parameters()) do
+         local good, diff = close(np[2].grad, P[np[1]].grad, 1e-4, 1e-3)
+         assert(good, ("gradient of %s differs by %g"):format(np[1], diff))
+      end
+   end)
+
    it("passes a finite-difference check on samples of every parameter tensor", function()
       local m = scramble(dpo.gpt.new(cfg), 6)
       local r = dpo.tensor{ 0.5, -1, 1.5 }
