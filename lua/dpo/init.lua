@@ -26,4 +26,7 @@ dpo.tokenizer = require "dpo.tokenizer"
 dpo.data = require "dpo.data"
 dpo.filters = require "dpo.filters"
 
+dpo.losses = require "dpo.losses"
+dpo.schedules = require "dpo.schedules"
+
 return dpo
