@@ -502,9 +502,24 @@ static int pmain(lua_State *L) {
     return 1;
 }
 
+/*
+** OpenMP threads that wait for work spin by default, which is fastest on an
+** idle machine and several times slower on a busy one (a second job, ctest
+** -j, a browser): the spinning threads take the cores the work needs. dpolua
+** waits passively unless told otherwise. The runtime reads the setting once,
+** when it loads, so the first start sets it and runs itself again.
+*/
+static void wait_passively(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") != NULL || getenv("GOMP_SPINCOUNT") != NULL) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    execv("/proc/self/exe", argv); /* returns only on failure: go on as we are */
+}
+
 int main(int argc, char **argv) {
     int status, result;
-    lua_State *L = luaL_newstate();
+    lua_State *L;
+    wait_passively(argv);
+    L = luaL_newstate();
     if (L == NULL) {
         dpo_message("cannot create state: not enough memory");
         return EXIT_FAILURE;
