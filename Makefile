@@ -1,5 +1,6 @@
 # dpolua: the two commands a newcomer needs, and a few more.
 #   make run              install packages, build, run the main recipe
+#                         (RUN_ARGS, default --overwrite: options for the recipe)
 #   make test             build, then run every C test and Busted spec (ctest)
 #   make test SANITIZE=1  the same under AddressSanitizer + UBSan (in build-asan/)
 #   make bench            print the tensor benchmark figures
@@ -17,6 +18,9 @@ CMAKE_FLAGS += -DCMAKE_BUILD_TYPE=Release
 endif
 PREFIX ?= /usr/local
 RECIPE ?= $(firstword $(wildcard recipes/hh.lua) examples/tour.lua)
+# `make run` is the main job, run again as often as wanted: it replaces its own
+# run directory (runs/hh). dpolua itself never overwrites a run unless asked.
+RUN_ARGS ?= $(if $(wildcard recipes/hh.lua),--overwrite,)
 
 .PHONY: all deps configure build run test bench format install clean
 
@@ -34,7 +38,7 @@ build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	$(BUILD)/dpolua $(RECIPE)
+	$(BUILD)/dpolua $(RECIPE) $(RUN_ARGS)
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -28,5 +28,10 @@ dpo.filters = require "dpo.filters"
 
 dpo.losses = require "dpo.losses"
 dpo.schedules = require "dpo.schedules"
+dpo.log = require "dpo.log"
+dpo.eval = require "dpo.eval"
+dpo.train = require "dpo.train"
+dpo.report = require "dpo.report"
+dpo.cli = require "dpo.cli"
 
 return dpo

@@ -1,0 +1,355 @@
+-- dpo.log: where a run's numbers go. A run directory with metrics.jsonl (one
+-- JSON object per logged step and per evaluation), and what the terminal
+-- shows while it trains: a progress bar on a TTY, plain lines otherwise.
+--
+--   local run = dpo.log.open("runs/hh", {overwrite = false, config = {...}})
+--       creates the directory (and its parents). A directory that already
+--       holds files is refused unless overwrite = true, which removes what a
+--       run writes there (metrics.jsonl, report.html, run.json, checkpoint-*)
+--       and refuses when anything else is there. config, when given, is
+--       written to run.json. run.dir, run.path (metrics.jsonl), run.records
+--       (every record logged, in order), run.started (dpo.clock() at open).
+--   run:log(record)        append one record: a table of numbers, strings and
+--                          booleans; non-finite numbers are written as null.
+--                          The keys `step` and `phase` come first, then the
+--                          rest sorted.
+--   run:elapsed()          seconds since open
+--   run:close()
+--   dpo.log.memory()       a run that keeps records in memory only (no files)
+--   dpo.log.read(path)     the records of a metrics.jsonl file (a list)
+--   dpo.log.encode(record) the JSON line of a record
+--
+--   local bar = dpo.log.progress{total = 300, phase = "dpo", mode = nil,
+--                                stream = io.stderr, every = nil, first = 0}
+--       mode: "bar" (redrawn in place), "lines" (a line every `every` steps,
+--       default total/20, and at the last), "off"; nil: DPOLUA_PROGRESS=bar|
+--       lines|off from the environment, else "bar" when the stream is a
+--       terminal and "lines" otherwise.
+--   bar:update(step, {loss = ..., ["rewards/accuracies"] = ...})
+--       step/total, steps/s, ETA, loss and accuracy (when present)
+--   bar:print(text)        a line of text (a warning, an eval summary) that
+--                          does not break the bar
+--   bar:finish()           end the bar's line
+--
+--   dpo.log.rmtree(path), dpo.log.mkdirs(path)   directory helpers (lfs only)
+--
+-- Metric names follow Hugging Face TRL (`loss`, `rewards/chosen`,
+-- `rewards/rejected`, `rewards/accuracies`, `rewards/margins`,
+-- `logps/chosen`, `logps/rejected`, `learning_rate`, `beta`, `grad_norm`,
+-- `eval/...`), plus `step`, `phase`, `epoch`, `tokens_per_second`,
+-- `num_tokens` and `elapsed` (seconds since the run began).
+local core = require "dpo.core"
+local cjson = require("cjson").new()
+local lfs = require "lfs"
+
+local log = {}
+
+local format = string.format
+
+-- ---- directories ------------------------------------------------------------------
+
+-- log.mkdirs(path) -> true | nil, "path: reason": create path and its parents.
+function log.mkdirs(path)
+   local mode = lfs.attributes(path, "mode")
+   if mode == "directory" then return true end
+   if mode then return nil, path .. ": exists and is not a directory" end
+   local parent = path:match("^(.*[^/])/+[^/]+/*$")
+   if parent and parent ~= "" then
+      local ok, err = log.mkdirs(parent)
+      if not ok then return nil, err end
+   end
+   local ok, err = lfs.mkdir(path)
+   if not ok and lfs.attributes(path, "mode") ~= "directory" then
+      return nil, path .. ": " .. tostring(err)
+   end
+   return true
+end
+
+-- log.rmtree(path) -> true | nil, "path: reason": remove path and, when it
+-- is a directory, everything under it. Symbolic links are removed, never
+-- followed.
+function log.rmtree(path)
+   local attr = lfs.symlinkattributes(path)
+   if not attr then return true end
+   if attr.mode == "directory" then
+      local names = {}
+      for name in lfs.dir(path) do
+         if name ~= "." and name ~= ".." then names[#names + 1] = name end
+      end
+      for _, name in ipairs(names) do
+         local ok, err = log.rmtree(path .. "/" .. name)
+         if not ok then return nil, err end
+      end
+      local ok, err = lfs.rmdir(path)
+      if not ok then return nil, path .. ": " .. tostring(err) end
+      return true
+   end
+   local ok, err = os.remove(path)
+   if not ok then return nil, tostring(err) end
+   return true
+end
+
+-- The names in directory path (without . and ..), sorted.
+local function list_dir(path)
+   local names = {}
+   for name in lfs.dir(path) do
+      if name ~= "." and name ~= ".." then names[#names + 1] = name end
+   end
+   table.sort(names)
+   return names
+end
+
+-- What a run writes in its directory (and may remove with overwrite).
+local function written_by_run(name)
+   return name == "metrics.jsonl" or name == "report.html" or name == "run.json"
+      or name:match("^checkpoint%-%d+$") ~= nil or name:match("^%.checkpoint%-%d+%..*$") ~= nil
+end
+
+-- ---- JSON ----------------------------------------------------------------------------
+
+local function encode_value(v)
+   if type(v) == "number" then
+      if v ~= v or v == math.huge or v == -math.huge then return "null" end
+      if math.type(v) == "integer" then return tostring(v) end
+      if v == math.floor(v) and math.abs(v) < 1e15 then return format("%.1f", v) end
+      return format("%.8g", v)
+   end
+   if type(v) == "table" then return cjson.encode(v) end
+   return cjson.encode(v)
+end
+
+-- log.encode(record) -> one line of JSON, `step` and `phase` first.
+function log.encode(rec)
+   local keys = {}
+   for k in pairs(rec) do
+      if type(k) == "string" and k ~= "step" and k ~= "phase" then keys[#keys + 1] = k end
+   end
+   table.sort(keys)
+   if rec.phase ~= nil then table.insert(keys, 1, "phase") end
+   if rec.step ~= nil then table.insert(keys, 1, "step") end
+   local parts = {}
+   for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ":" .. encode_value(rec[k]) end
+   return log.unescape_slashes("{" .. table.concat(parts, ",") .. "}")
+end
+
+-- lua-cjson writes "/" as "\/"; metric names read better without. In its
+-- output a backslash followed by "/" is always that escape (a literal
+-- backslash is doubled and a "/" never follows one unescaped), so this is exact.
+function log.unescape_slashes(json)
+   return (json:gsub("\\/", "/"))
+end
+
+-- log.read(path) -> list of records | nil, "path: reason"
+function log.read(path)
+   local f, err = io.open(path, "rb")
+   if not f then return nil, err end
+   local out, n = {}, 0
+   for line in f:lines() do
+      n = n + 1
+      if line:find("%S") then
+         local ok, rec = pcall(cjson.decode, line)
+         if not ok then
+            f:close()
+            return nil, format("%s:%d: %s", path, n, rec)
+         end
+         for k, v in pairs(rec) do
+            if v == cjson.null then rec[k] = nil end
+         end
+         out[#out + 1] = rec
+      end
+   end
+   f:close()
+   return out
+end
+
+-- ---- runs --------------------------------------------------------------------------------
+
+local Run = {}
+Run.__index = Run
+Run.__name = "dpo.log.Run"
+
+function Run:__tostring()
+   return format("dpo.log.Run(%s, %d records)", self.dir or "memory", #self.records)
+end
+
+function Run:elapsed()
+   return core.clock() - self.started
+end
+
+function Run:log(rec)
+   if type(rec) ~= "table" then
+      error("dpo.log: run:log expects a table of metrics, got " .. type(rec), 2)
+   end
+   local copy = {}
+   for k, v in pairs(rec) do copy[k] = v end
+   self.records[#self.records + 1] = copy
+   if self.file then
+      self.file:write(log.encode(copy), "\n")
+      self.file:flush()
+   end
+   return copy
+end
+
+function Run:close()
+   if self.file then self.file:close() end
+   self.file = nil
+end
+
+Run.__close = Run.close
+
+function log.memory()
+   return setmetatable({ records = {}, started = core.clock() }, Run)
+end
+
+function log.open(dir, opts)
+   if type(dir) ~= "string" or dir == "" then
+      error("dpo.log.open: expected a directory path, got " .. tostring(dir), 2)
+   end
+   opts = opts or {}
+   dir = dir:gsub("/+$", "")
+   local mode = lfs.attributes(dir, "mode")
+   if mode and mode ~= "directory" then
+      error(format("dpo.log.open: %s exists and is not a directory", dir), 2)
+   end
+   if mode == "directory" then
+      local names = list_dir(dir)
+      if #names > 0 then
+         if not opts.overwrite then
+            local shown = {}
+            for i = 1, math.min(4, #names) do shown[i] = names[i] end
+            if #names > 4 then shown[#shown + 1] = "..." end
+            error(format("%s already exists and holds %s; pass --overwrite (overwrite = true) " ..
+                         "to replace the run, or choose another --out", dir,
+                         table.concat(shown, ", ")), 2)
+         end
+         local foreign = {}
+         for _, name in ipairs(names) do
+            if not written_by_run(name) then foreign[#foreign + 1] = name end
+         end
+         if #foreign > 0 then
+            error(format("%s holds files a run does not write (%s); not overwriting it: " ..
+                         "remove them or choose another --out", dir,
+                         table.concat(foreign, ", ")), 2)
+         end
+         for _, name in ipairs(names) do
+            local ok, err = log.rmtree(dir .. "/" .. name)
+            if not ok then error("dpo.log.open: " .. err, 2) end
+         end
+      end
+   else
+      local ok, err = log.mkdirs(dir)
+      if not ok then error("dpo.log.open: cannot create " .. err, 2) end
+   end
+   if opts.config ~= nil then
+      local ok, err = core.write_file(dir .. "/run.json", log.encode(opts.config) .. "\n")
+      if not ok then error("dpo.log.open: " .. err, 2) end
+   end
+   local path = dir .. "/metrics.jsonl"
+   local f, err = io.open(path, "wb")
+   if not f then error("dpo.log.open: " .. err, 2) end
+   return setmetatable({ dir = dir, path = path, file = f, records = {},
+                         started = core.clock() }, Run)
+end
+
+-- ---- the terminal --------------------------------------------------------------------
+
+-- Whether the stream is a terminal (io.stderr or io.stdout), from the link
+-- /proc/self/fd/N (Linux); false when that cannot be told.
+local function is_tty(stream)
+   local fd = stream == io.stdout and 1 or stream == io.stderr and 2 or nil
+   if not fd then return false end
+   local target = lfs.symlinkattributes("/proc/self/fd/" .. fd, "target")
+   return type(target) == "string" and (target:match("^/dev/pts/") ~= nil
+                                        or target:match("^/dev/tty") ~= nil)
+end
+log.is_tty = is_tty
+
+-- "1:05", "12:03:09"
+local function clock_str(s)
+   if s ~= s or s == math.huge then return "?" end
+   s = math.floor(s + 0.5)
+   if s >= 3600 then return format("%d:%02d:%02d", s // 3600, s % 3600 // 60, s % 60) end
+   return format("%d:%02d", s // 60, s % 60)
+end
+log.clock_str = clock_str
+
+local function num(v)
+   if type(v) ~= "number" then return tostring(v) end
+   if v ~= v then return "nan" end
+   local a = math.abs(v)
+   if a ~= 0 and (a < 1e-3 or a >= 1e5) then return format("%.3e", v) end
+   return format("%.4f", v)
+end
+
+local Progress = {}
+Progress.__index = Progress
+
+function log.progress(opts)
+   opts = opts or {}
+   local stream = opts.stream or io.stderr
+   local mode = opts.mode
+   if mode == false then mode = "off" end
+   if mode ~= "bar" and mode ~= "lines" and mode ~= "off" then
+      mode = os.getenv("DPOLUA_PROGRESS")
+      if mode ~= "bar" and mode ~= "lines" and mode ~= "off" then
+         mode = is_tty(stream) and "bar" or "lines"
+      end
+   end
+   local total = opts.total or 0
+   return setmetatable({
+      stream = stream, mode = mode, total = total, phase = opts.phase or "train",
+      every = opts.every or math.max(1, total // 20), first = opts.first or 0,
+      started = core.clock(), drawn = false, width = opts.width or 24,
+   }, Progress)
+end
+
+-- The text after the bar: rate, ETA, loss, accuracy.
+function Progress:status(step, m)
+   local done = step - self.first
+   local dt = core.clock() - self.started
+   local rate = dt > 0 and done / dt or 0
+   local left = rate > 0 and (self.total - done) / rate or math.huge
+   local parts = { format("%d/%d", done, self.total), format("%.2f it/s", rate),
+                   "ETA " .. clock_str(left) }
+   if m then
+      if m.loss then parts[#parts + 1] = "loss " .. num(m.loss) end
+      if m["rewards/accuracies"] then parts[#parts + 1] = "acc " .. format("%.3f", m["rewards/accuracies"]) end
+      if m["rewards/margins"] then parts[#parts + 1] = "margin " .. num(m["rewards/margins"]) end
+   end
+   return table.concat(parts, "  ")
+end
+
+function Progress:update(step, m)
+   if self.mode == "off" then return end
+   local done = step - self.first
+   if self.mode == "bar" then
+      local frac = self.total > 0 and math.min(1, done / self.total) or 0
+      local fill = math.floor(frac * self.width + 0.5)
+      local bar = string.rep("#", fill) .. string.rep("-", self.width - fill)
+      self.stream:write(format("\r\27[K%s [%s] %s", self.phase, bar, self:status(step, m)))
+      self.stream:flush()
+      self.drawn = true
+   elseif done % self.every == 0 or done == self.total or done == 1 then
+      self.stream:write(format("%s step %d  %s\n", self.phase, step, self:status(step, m)))
+      self.stream:flush()
+   end
+end
+
+function Progress:print(text)
+   if self.mode == "bar" and self.drawn then
+      self.stream:write("\r\27[K")
+      self.drawn = false
+   end
+   self.stream:write(text, "\n")
+   self.stream:flush()
+end
+
+function Progress:finish()
+   if self.mode == "bar" and self.drawn then
+      self.stream:write("\n")
+      self.stream:flush()
+      self.drawn = false
+   end
+end
+
+return log
