@@ -7,6 +7,7 @@
 -- The byte tokenizer (one token a byte, EOS 256) makes token counts easy to
 -- check by hand. The whole file must also pass under AddressSanitizer.
 local h = dofile("tests/spec/helper.lua")
+local read, write = h.read, h.write
 local lfs = require "lfs"
 
 local FIX = "tests/fixtures/data/"
@@ -30,18 +31,7 @@ local function rmtree(p)
    lfs.rmdir(p)
 end
 
-local function read(path)
-   local f = assert(io.open(path, "rb"))
-   local s = f:read("a")
-   f:close()
-   return s
-end
 
-local function write(path, s)
-   local f = assert(io.open(path, "wb"))
-   f:write(s)
-   f:close()
-end
 
 -- Every record of path as a list, with the "file:line" of each.
 local function records(path, opts)

@@ -11,6 +11,9 @@
 -- h.errors(fn [, pattern [, plain]]): calls fn under pcall, asserts it failed
 --   and that the message matches the Lua pattern (or contains it literally
 --   when plain is true); returns the message.
+-- h.read(path), h.write(path, s): a whole file, in binary.
+-- h.tmpdir(): a new temporary directory; h.cleanup() removes every one made
+--   (call it from a teardown).
 local luassert = require "luassert"
 local has_busted, busted = pcall(require, "busted")
 
@@ -92,6 +95,48 @@ end
 -- Escape Lua pattern magic characters, for messages with ( ) . - [ ] etc.
 function h.escape(s)
    return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+-- ---- files ---------------------------------------------------------------
+
+function h.read(path)
+   local f = assert(io.open(path, "rb"))
+   local s = f:read("a")
+   f:close()
+   return s
+end
+
+function h.write(path, s)
+   local f = assert(io.open(path, "wb"))
+   f:write(s)
+   f:close()
+end
+
+local made = {}
+
+function h.tmpdir()
+   local p = io.popen("mktemp -d")
+   local d = p:read("l")
+   p:close()
+   made[#made + 1] = d
+   return d
+end
+
+local function rmtree(p)
+   local lfs = require "lfs"
+   if lfs.symlinkattributes(p, "mode") == "directory" then
+      for name in lfs.dir(p) do
+         if name ~= "." and name ~= ".." then rmtree(p .. "/" .. name) end
+      end
+      lfs.rmdir(p)
+   else
+      os.remove(p)
+   end
+end
+
+function h.cleanup()
+   for _, d in ipairs(made) do rmtree(d) end
+   made = {}
 end
 
 return h

@@ -4,6 +4,10 @@
 local lfs = require "lfs"
 local cjson = require "cjson"
 
+local h = dofile("tests/spec/helper.lua")
+local read, tmpdir = h.read, h.tmpdir
+teardown(h.cleanup)
+
 local function shell_quote(s)
    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
@@ -15,25 +19,8 @@ end
 
 local DPOLUA = abspath(os.getenv("DPOLUA") or "build/dpolua")
 
-local function read(path)
-   local f = assert(io.open(path, "rb"))
-   local s = f:read("a")
-   f:close()
-   return s
-end
 
 -- Temporary directories, removed when the file's tests are done.
-local made = {}
-local function tmpdir()
-   local p = io.popen("mktemp -d")
-   local d = p:read("l")
-   p:close()
-   made[#made + 1] = d
-   return d
-end
-teardown(function()
-   for _, d in ipairs(made) do dpo.log.rmtree(d) end
-end)
 
 -- Run `dpolua script args...`; returns {code, out, err}.
 local function run(script, args)

@@ -10,6 +10,7 @@
 --
 -- The whole file must also pass under AddressSanitizer (build-asan/dpolua).
 local h = dofile("tests/spec/helper.lua")
+local read, write = h.read, h.write
 local cjson = require "cjson"
 local lfs = require "lfs"
 
@@ -25,18 +26,7 @@ local function tmpdir()
    return p
 end
 
-local function write(path, s)
-   local f = assert(io.open(path, "wb"))
-   f:write(s)
-   f:close()
-end
 
-local function read(path)
-   local f = assert(io.open(path, "rb"))
-   local s = f:read("a")
-   f:close()
-   return s
-end
 
 local function rmtree(p)
    if lfs.attributes(p, "mode") == "directory" then

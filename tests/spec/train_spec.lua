@@ -6,28 +6,13 @@
 -- precomputed and cached, TR-DPO sync) behave, and the files a run writes
 -- have the promised names and contents.
 local h = dofile("tests/spec/helper.lua")
+local read, tmpdir = h.read, h.tmpdir
+teardown(h.cleanup)
 local lfs = require "lfs"
 local cjson = require "cjson"
 
 -- Temporary directories, removed when the file's tests are done.
-local made = {}
-local function tmpdir()
-   local p = io.popen("mktemp -d")
-   local d = p:read("l")
-   p:close()
-   made[#made + 1] = d
-   return d
-end
-teardown(function()
-   for _, d in ipairs(made) do dpo.log.rmtree(d) end
-end)
 
-local function read(path)
-   local f = assert(io.open(path, "rb"))
-   local s = f:read("a")
-   f:close()
-   return s
-end
 
 -- Pairs whose preference a tiny model can learn: the chosen reply answers
 -- with the right word, the rejected one is rude.
