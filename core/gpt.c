@@ -63,6 +63,7 @@ typedef struct {
     float *fch_gelu;     /* [Nt, 4C] one buffer for all blocks: recomputed in backward */
     float *res3;         /* [Nt, C] residual after the MLP: the block's output */
     unsigned char *mask; /* dropout masks, or NULL: [Nt*C] attn out, [Nt*C] mlp out */
+    uint64_t att_seed;   /* seed of this block's attention-dropout masks */
 } block_acts;
 
 struct dpo_gpt {
@@ -102,6 +103,7 @@ struct dpo_gpt {
     unsigned char *emb_mask;
     /* backward scratch */
     float *dres, *dln, *dbig, *dqkv, *datty, *dhs, *datt_scratch;
+    size_t scratch_per_thread;
 };
 
 /* ---- parameters -------------------------------------------------------------------- */
@@ -443,7 +445,37 @@ static void gelu_backward(float *dinout, const float *inp, size_t n) {
 typedef struct {
     int N;
     const int *start, *len, *pre, *par, *att_off;
+    float drop;     /* dropout probability on the attention weights, 0: none */
+    uint64_t seed;  /* this block's dropout seed */
+    float *scratch; /* [Tmax, Tmax] x 2 per thread when drop > 0 */
+    size_t scratch_per_thread;
 } packing;
+
+/*
+** The attention-dropout factor of element idx of a block's probabilities:
+** 0 or 1 / (1 - p), from a hash of (seed, idx), so the backward regenerates
+** the forward's mask without storing it and threads need no shared generator.
+*/
+static inline float att_keep(uint64_t seed, size_t idx, float p) {
+    uint64_t z = seed + (uint64_t)(idx + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53 >= p ? 1.0f / (1.0f - p) : 0.0f;
+}
+
+/* Pd = P with dropout applied, into out [T, W] (visible columns; zeros beyond). */
+static void att_dropped(float *out, const float *P, int T, int K, int W, size_t base,
+                        const packing *pk) {
+    for (int t = 0; t < T; t++) {
+        int last = K + t;
+        for (int j = 0; j <= last; j++) {
+            size_t i = (size_t)t * W + j;
+            out[i] = P[i] * att_keep(pk->seed, base + i, pk->drop);
+        }
+        for (int j = last + 1; j < W; j++) out[(size_t)t * W + j] = 0.0f;
+    }
+}
 
 /*
 ** Causal attention per row n and head h over the packed qkv [Nt, 3C]:
@@ -493,6 +525,11 @@ static void attention_forward(float *atty, float *att, const float *qkv, const p
             for (int j = 0; j <= last; j++) row[j] *= inv;
             for (int j = last + 1; j < W; j++) row[j] = 0.0f;
         }
+        if (pk->drop > 0) { /* P stays as computed, for the backward; y uses dropped P */
+            float *Pd = pk->scratch + (size_t)omp_get_thread_num() * pk->scratch_per_thread;
+            att_dropped(Pd, P, T, K, W, (size_t)pk->att_off[n] + (size_t)h * T * W, pk);
+            P = Pd;
+        }
         if (K > 0)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, K, 1.0f, P, W, vp, C3,
                         0.0f, y, C);
@@ -508,15 +545,20 @@ static void attention_forward(float *atty, float *att, const float *qkv, const p
 /* The backward of one (row, head); dK and dV of a parent's rows accumulate. */
 static void attention_backward_one(float *dqkv, const float *datty, const float *att,
                                    const float *qkv, const packing *pk, int n, int h, int C, int NH,
-                                   float *dP) {
+                                   float *dP, float *Pd_scratch) {
     int HS = C / NH, C3 = 3 * C, T = pk->len[n], K = pk->pre[n], W = K + T;
     float scale = 1.0f / sqrtf((float)HS);
     size_t base = (size_t)pk->start[n] * C3 + (size_t)h * HS;
     const float *q = qkv + base, *kk = q + C, *v = q + 2 * C, *kp = NULL, *vp = NULL;
     const float *dy = datty + (size_t)pk->start[n] * C + h * HS;
-    const float *P = att + pk->att_off[n] + (size_t)h * T * W;
+    const float *P = att + pk->att_off[n] + (size_t)h * T * W, *Pd = P;
+    size_t pbase = (size_t)pk->att_off[n] + (size_t)h * T * W;
     float *dq = dqkv + base, *dk = dq + C, *dv = dq + 2 * C, *dkp = NULL, *dvp = NULL;
     if (T == 0) return;
+    if (pk->drop > 0) { /* y = (P * mask) V: dV through the dropped P, dP through the mask */
+        att_dropped(Pd_scratch, P, T, K, W, pbase, pk);
+        Pd = Pd_scratch;
+    }
     if (K > 0) {
         size_t pb = (size_t)pk->start[pk->par[n]] * C3 + (size_t)h * HS;
         kp = qkv + pb + C, vp = kp + C;
@@ -526,8 +568,8 @@ static void attention_backward_one(float *dqkv, const float *datty, const float 
     if (K > 0) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, K, HS, 1.0f, dy, C, vp, C3, 0.0f,
                     dP, W);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, HS, T, 1.0f, P, W, dy, C, 1.0f, dvp,
-                    C3);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, HS, T, 1.0f, Pd, W, dy, C, 1.0f,
+                    dvp, C3);
     }
     for (int t = 0; t < T; t++) { /* the own dK, dV accumulate over query blocks */
         memset(dk + (size_t)t * C3, 0, sizeof(float) * (size_t)HS);
@@ -538,7 +580,7 @@ static void attention_backward_one(float *dqkv, const float *datty, const float 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1 - t0, t1, HS, 1.0f,
                     dy + (size_t)t0 * C, C, v, C3, 0.0f, dP + (size_t)t0 * W + K, W);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, HS, t1 - t0, 1.0f,
-                    P + (size_t)t0 * W + K, W, dy + (size_t)t0 * C, C, 1.0f, dv, C3);
+                    Pd + (size_t)t0 * W + K, W, dy + (size_t)t0 * C, C, 1.0f, dv, C3);
     }
     /* dS = P * (dP - sum_j P dP) * scale over the visible columns */
     for (int t = 0; t < T; t++) {
@@ -546,6 +588,9 @@ static void attention_backward_one(float *dqkv, const float *datty, const float 
         float *d = dP + (size_t)t * W;
         int last = K + t;
         double s = 0;
+        if (pk->drop > 0)
+            for (int j = 0; j <= last; j++)
+                d[j] *= att_keep(pk->seed, pbase + (size_t)t * W + j, pk->drop);
         for (int j = 0; j <= last; j++) s += (double)p[j] * d[j];
         for (int j = 0; j <= last; j++) d[j] = p[j] * (d[j] - (float)s) * scale;
         for (int j = last + 1; j < W; j++) d[j] = 0.0f;
@@ -571,7 +616,7 @@ static void attention_backward_one(float *dqkv, const float *datty, const float 
 ** dqkv [Nt, 3C] from datty [Nt, C]. Rows without a parent go first (they
 ** write their dK, dV); then rows with one, which add into their parent's
 ** (each parent has one child, so the second phase has no two writers).
-** scratch: [Tmax, Tmax] per thread.
+** scratch: [Tmax, Tmax] x 2 per thread (dP, and the dropped P).
 */
 static void attention_backward(float *dqkv, const float *datty, const float *att, const float *qkv,
                                const packing *pk, int C, int NH, float *scratch,
@@ -581,8 +626,9 @@ static void attention_backward(float *dqkv, const float *datty, const float *att
         for (int k = 0; k < pk->N * NH; k++) {
             int n = k / NH;
             if ((pk->pre[n] > 0) != phase) continue;
-            attention_backward_one(dqkv, datty, att, qkv, pk, n, k % NH, C, NH,
-                                   scratch + (size_t)omp_get_thread_num() * scratch_per_thread);
+            float *mine = scratch + (size_t)omp_get_thread_num() * scratch_per_thread;
+            attention_backward_one(dqkv, datty, att, qkv, pk, n, k % NH, C, NH, mine,
+                                   mine + scratch_per_thread / 2);
         }
     }
 }
@@ -624,9 +670,9 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
     if (m->chunk < 1) m->chunk = 1;
     floats = nb * per_block + 4 * nt * C + 2 * nt * C + 2 * nt + (size_t)S * C + (size_t)S +
              (size_t)m->chunk * V + (nt > (size_t)S ? nt : (size_t)S) + 1;
-    if (backward)
-        floats += 4 * nt * C + 4 * nt * C + 3 * nt * C + (size_t)S * C +
-                  nthreads * (size_t)Tmax * (size_t)Tmax;
+    size_t scratch = (backward || dropout) ? nthreads * 2 * (size_t)Tmax * (size_t)Tmax : 0;
+    if (backward) floats += 4 * nt * C + 4 * nt * C + 3 * nt * C + (size_t)S * C;
+    floats += scratch;
     floats += (masks + 3) / 4; /* dropout masks ride at the end, as bytes */
     if (floats > m->acts_cap) {
         dpo_free(m->acts);
@@ -692,8 +738,9 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
         TAKE(m->datty, 2 * nt * C); /* datty, then the branch gradient */
         TAKE(m->dqkv, 3 * nt * C);
         TAKE(m->dhs, (size_t)S * C);
-        TAKE(m->datt_scratch, nthreads * (size_t)Tmax * (size_t)Tmax);
     }
+    TAKE(m->datt_scratch, scratch); /* attention: dP and dropped P, per thread */
+    m->scratch_per_thread = 2 * (size_t)Tmax * (size_t)Tmax;
 #undef TAKE
     {
         unsigned char *mb = (unsigned char *)f;
@@ -718,6 +765,10 @@ static packing packing_of(const dpo_gpt *m) {
     pk.pre = m->row_pre;
     pk.par = m->row_par;
     pk.att_off = m->att_off;
+    pk.drop = 0;
+    pk.seed = 0;
+    pk.scratch = m->datt_scratch;
+    pk.scratch_per_thread = m->scratch_per_thread;
     return pk;
 }
 
@@ -750,6 +801,10 @@ static void forward_hidden(dpo_gpt *m, int drop) {
         layernorm_forward(b->ln1, b->ln1_mean, b->ln1_rstd, x, P_(m, l, P_LN1_W), P_(m, l, P_LN1_B),
                           Nt, C, eps);
         matmul_forward(b->qkv, b->ln1, P_(m, l, P_QKV_W), P_(m, l, P_QKV_B), Nt, C, 3 * C);
+        if (drop) {
+            b->att_seed = dpo_rng_next(&m->drop_rng);
+            pk.drop = p, pk.seed = b->att_seed;
+        }
         attention_forward(b->atty, b->att, b->qkv, &pk, C, NH);
         matmul_forward(b->res2, b->atty, P_(m, l, P_PROJ_W), P_(m, l, P_PROJ_B), Nt, C, C);
         if (drop) dropout_forward(b->res2, b->mask, n, p, &m->drop_rng);
@@ -885,8 +940,9 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         }
         matmul_backward(m->datty, G_(m, l, P_PROJ_W), G_(m, l, P_PROJ_B), g, b->atty,
                         P_(m, l, P_PROJ_W), m->ones, Nt, C, C);
+        if (drop) pk.drop = p, pk.seed = b->att_seed;
         attention_backward(m->dqkv, m->datty, b->att, b->qkv, &pk, C, NH, m->datt_scratch,
-                           (size_t)Tmax * Tmax);
+                           m->scratch_per_thread);
         matmul_backward(m->dln, G_(m, l, P_QKV_W), G_(m, l, P_QKV_B), m->dqkv, b->ln1,
                         P_(m, l, P_QKV_W), m->ones, Nt, C, 3 * C);
         layernorm_backward(m->dres, G_(m, l, P_LN1_W), G_(m, l, P_LN1_B), m->dln, x,
