@@ -837,8 +837,8 @@ static void head_chunk(dpo_gpt *m, int s0, int n) {
 static void row_lse(const float *row, int V, float *lse) {
     float mx = -INFINITY;
     double s = 0;
-    for (int v = 0; v < V; v++)
-        if (row[v] > mx) mx = row[v];
+#pragma omp simd reduction(max : mx)
+    for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
 #pragma omp simd reduction(+ : s)
     for (int v = 0; v < V; v++) s += vexpf(row[v] - mx);
     *lse = mx + (float)log(s);
