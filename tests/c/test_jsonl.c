@@ -6,6 +6,7 @@
 ** truncation rules and collation, checked against values worked out by hand.
 */
 #include "check.h"
+#include "tmpdir.h"
 #include "jsonl.h"
 
 #include <sys/stat.h>
@@ -18,22 +19,6 @@
 #include <zlib.h>
 
 static dpo_error e;
-static char dir[64];
-
-static char *in_dir(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
-
-static void write_plain(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    if (n) fwrite(p, 1, n, f);
-    fclose(f);
-}
 
 static void write_gz(const char *path, const void *p, size_t n) {
     gzFile g = gzopen(path, "wb9");
@@ -84,7 +69,7 @@ static void test_lines(void) {
     int st;
     const char crlf[] = "\xEF\xBB\xBF"
                         "a\r\nbb\n\r\n\nccc";
-    write_plain(in_dir("crlf.txt"), crlf, sizeof crlf - 1);
+    write_bytes(in_dir("crlf.txt"), crlf, sizeof crlf - 1);
     CHECK(all_lines(in_dir("crlf.txt"), out, sizeof out, &st) == 5);
     CHECK(st == 0);
     CHECK(strcmp(out, "a|bb|||ccc") == 0);
@@ -97,7 +82,7 @@ static void test_lines(void) {
     {
         dpo_jsonl *r1, *r2;
         write_gz(in_dir("z.txt"), "x\n", 2);
-        write_plain(in_dir("p.gz"), "x\n", 2);
+        write_bytes(in_dir("p.gz"), "x\n", 2);
         r1 = dpo_jsonl_open(in_dir("z.txt"), &e);
         r2 = dpo_jsonl_open(in_dir("p.gz"), &e);
         CHECK(r1 && dpo_jsonl_is_gzip(r1));
@@ -107,14 +92,14 @@ static void test_lines(void) {
     }
 
     /* empty files and a lone newline */
-    write_plain(in_dir("empty.txt"), "", 0);
+    write_bytes(in_dir("empty.txt"), "", 0);
     CHECK(all_lines(in_dir("empty.txt"), out, sizeof out, &st) == 0 && st == 0);
     write_gz(in_dir("empty.gz"), "", 0);
     CHECK(all_lines(in_dir("empty.gz"), out, sizeof out, &st) == 0 && st == 0);
-    write_plain(in_dir("nl.txt"), "\n", 1);
+    write_bytes(in_dir("nl.txt"), "\n", 1);
     CHECK(all_lines(in_dir("nl.txt"), out, sizeof out, &st) == 1 && out[0] == 0);
     /* two bytes of a BOM are text */
-    write_plain(in_dir("bom2.txt"), "\xEF\xBB", 2);
+    write_bytes(in_dir("bom2.txt"), "\xEF\xBB", 2);
     CHECK(all_lines(in_dir("bom2.txt"), out, sizeof out, &st) == 1 && strlen(out) == 2);
 }
 
@@ -184,7 +169,7 @@ static void test_bad_streams(void) {
     CHECK(n > 100);
 
     /* cut short: the lines before, then an error, again on every call */
-    write_plain(in_dir("cut.gz"), gz, n / 2);
+    write_bytes(in_dir("cut.gz"), gz, n / 2);
     r = dpo_jsonl_open(in_dir("cut.gz"), &e);
     CHECK(r != NULL);
     if (r) {
@@ -200,7 +185,7 @@ static void test_bad_streams(void) {
     }
 
     /* only the header */
-    write_plain(in_dir("head.gz"), gz, 10);
+    write_bytes(in_dir("head.gz"), gz, 10);
     r = dpo_jsonl_open(in_dir("head.gz"), &e);
     if (r) {
         CHECK(dpo_jsonl_next(r, &s, &len, &lineno, &e) == -1);
@@ -211,7 +196,7 @@ static void test_bad_streams(void) {
 
     /* a wrong check value */
     gz[n - 7] ^= 1;
-    write_plain(in_dir("crc.gz"), gz, n);
+    write_bytes(in_dir("crc.gz"), gz, n);
     r = dpo_jsonl_open(in_dir("crc.gz"), &e);
     if (r) {
         while ((rc = dpo_jsonl_next(r, &s, &len, &lineno, &e)) == 1) {
@@ -224,7 +209,7 @@ static void test_bad_streams(void) {
     /* garbage inside the deflate data */
     gz[n - 7] ^= 1;
     memset(gz + 20, 0xff, 40);
-    write_plain(in_dir("bad.gz"), gz, n);
+    write_bytes(in_dir("bad.gz"), gz, n);
     r = dpo_jsonl_open(in_dir("bad.gz"), &e);
     if (r) {
         while ((rc = dpo_jsonl_next(r, &s, &len, &lineno, &e)) == 1) {
@@ -405,28 +390,13 @@ static void test_pairs(void) {
     dpo_pairs_free(s);
 }
 
-static void cleanup(void) {
-    DIR *d = opendir(dir);
-    struct dirent *ent;
-    while (d && (ent = readdir(d))) {
-        if (ent->d_name[0] == '.') continue;
-        unlink(in_dir(ent->d_name));
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-}
-
 int main(void) {
-    snprintf(dir, sizeof dir, "/tmp/test_jsonl.XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (tmpdir_make("test_jsonl") < 0) return 1;
     test_lines();
     test_long_lines();
     test_bad_streams();
     test_writer();
     test_pairs();
-    cleanup();
+    tmpdir_remove();
     return check_report("test_jsonl");
 }

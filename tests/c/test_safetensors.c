@@ -7,6 +7,7 @@
 ** temporary file behind, including a write that fails half-way).
 */
 #include "check.h"
+#include "tmpdir.h"
 #include "safetensors.h"
 
 #include <sys/resource.h>
@@ -20,22 +21,6 @@
 #include <unistd.h>
 
 static dpo_error e;
-static char dir[64];
-
-static char *in_dir(const char *name) {
-    static char buf[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
-
-static void write_bytes(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    if (n) fwrite(p, 1, n, f);
-    fclose(f);
-}
 
 static size_t read_bytes(const char *path, unsigned char *buf, size_t cap) {
     FILE *f = fopen(path, "rb");
@@ -557,34 +542,12 @@ static void test_save_errors(void) {
     dpo_tensor_release(bt);
 }
 
-static void remove_tree(const char *d) {
-    DIR *dd = opendir(d);
-    struct dirent *de;
-    char p[512];
-    if (!dd) return;
-    while ((de = readdir(dd)) != NULL) {
-        struct stat sb;
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", d, de->d_name);
-        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
-            remove_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(dd);
-    rmdir(d);
-}
-
 int main(void) {
-    snprintf(dir, sizeof dir, "/tmp/dpo_st_XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (tmpdir_make("dpo_st") < 0) return 1;
     test_round_trip();
     test_conversions();
     test_malformed();
     test_save_errors();
-    remove_tree(dir);
+    tmpdir_remove();
     return check_report("test_safetensors");
 }
