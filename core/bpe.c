@@ -3,8 +3,8 @@
 **
 ** Owns: the vocabulary (id -> token string and the bytes it stands for,
 ** a hash map string -> id), the ranked merges (a hash map from a pair of
-** ids to its rank), the added tokens, one word cache per encoding thread,
-** and the trainer.
+** ids to its rank), the added tokens, one word cache per encoding thread.
+** Training lives in bpe_train.c; bpe_impl.h is what the two share.
 **
 ** GPT-2's pre-tokenization is the pattern
 **   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -21,7 +21,7 @@
 ** words, a heap over a linked list for long ones, GPT-2's own loop kept as
 ** the reference (dpo_bpe_word(.., fast = 0)) and tested against both.
 */
-#include "bpe.h"
+#include "bpe_impl.h"
 #include "io.h"
 
 #include <jansson.h>
@@ -37,17 +37,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_ID     (1 << 24) /* ids beyond this are a corrupt file, not a vocabulary */
-#define SMALL_WORD 64        /* words up to this many symbols merge by linear scan */
-#define PAIR_EMPTY UINT64_MAX
-#define SHOWN      48 /* bytes of a token quoted in a message */
-
 /* ---- buffers and hashing ---------------------------------------------------------- */
-
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
 
 /* Make room for extra more bytes (plus a NUL); -1 when that overflows or fails. */
 static int sbuf_reserve(sbuf *b, size_t extra) {
@@ -68,7 +58,7 @@ static int sbuf_reserve(sbuf *b, size_t extra) {
     return 0;
 }
 
-static int sbuf_add(sbuf *b, const void *s, size_t n) {
+int bpe_sbuf_add(sbuf *b, const void *s, size_t n) {
     if (sbuf_reserve(b, n)) return -1;
     if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
@@ -77,7 +67,7 @@ static int sbuf_add(sbuf *b, const void *s, size_t n) {
 }
 
 /* Grow an array *p of *cap elements of size el to hold at least need. */
-static int grow(void **p, size_t *cap, size_t need, size_t el) {
+int bpe_grow(void **p, size_t *cap, size_t need, size_t el) {
     size_t c = *cap ? *cap : 16;
     void *q;
     if (need <= *cap) return 0;
@@ -100,7 +90,7 @@ void dpo_bpe_ids_free(dpo_bpe_ids *v) {
 
 static int ids_reserve(dpo_bpe_ids *v, size_t extra) {
     if (extra > SIZE_MAX / 4 - v->n) return -1;
-    return grow((void **)&v->ids, &v->cap, v->n + extra, sizeof *v->ids);
+    return bpe_grow((void **)&v->ids, &v->cap, v->n + extra, sizeof *v->ids);
 }
 
 static int ids_push(dpo_bpe_ids *v, int32_t id) {
@@ -109,7 +99,7 @@ static int ids_push(dpo_bpe_ids *v, int32_t id) {
     return 0;
 }
 
-static uint64_t mix64(uint64_t x) {
+uint64_t bpe_mix64(uint64_t x) {
     x ^= x >> 30;
     x *= 0xbf58476d1ce4e5b9ull;
     x ^= x >> 27;
@@ -118,7 +108,7 @@ static uint64_t mix64(uint64_t x) {
 }
 
 /* A 64-bit hash of bytes, never 0 (0 marks an empty cache slot). */
-static uint64_t hash_bytes(const void *p, size_t n) {
+uint64_t bpe_hash_bytes(const void *p, size_t n) {
     const unsigned char *s = (const unsigned char *)p;
     uint64_t h = 0x9e3779b97f4a7c15ull ^ ((uint64_t)n * 0xff51afd7ed558ccdull), k;
     while (n >= 8) {
@@ -130,7 +120,7 @@ static uint64_t hash_bytes(const void *p, size_t n) {
     }
     k = 0;
     for (size_t i = 0; i < n; i++) k |= (uint64_t)s[i] << (8 * i); /* no call for the tail */
-    h = mix64(h ^ k);
+    h = bpe_mix64(h ^ k);
     return h ? h : 1;
 }
 
@@ -142,11 +132,9 @@ static size_t pow2_at_least(size_t n) {
 
 /* ---- character classes and the byte-level alphabet -------------------------------- */
 
-enum { CL_OTHER = 0, CL_LETTER, CL_NUMBER, CL_SPACE };
-
-static uint8_t class_bmp[0x10000]; /* class of each code point of the BMP */
-static uint16_t byte_cp[256];      /* byte -> code point of its byte-level character */
-static int16_t cp_byte[324];       /* code point -> byte, -1 where none */
+uint8_t bpe_class_bmp[0x10000]; /* class of each code point of the BMP */
+static uint16_t byte_cp[256];   /* byte -> code point of its byte-level character */
+static int16_t cp_byte[324];    /* code point -> byte, -1 where none */
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 static int class_of(int32_t c) {
@@ -178,7 +166,7 @@ static int class_of(int32_t c) {
 */
 static void tables_init(void) {
     int n = 0;
-    for (int32_t c = 0; c < 0x10000; c++) class_bmp[c] = (uint8_t)class_of(c);
+    for (int32_t c = 0; c < 0x10000; c++) bpe_class_bmp[c] = (uint8_t)class_of(c);
     for (int i = 0; i < 324; i++) cp_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
         int shown = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
@@ -187,7 +175,7 @@ static void tables_init(void) {
     }
 }
 
-static void tables(void) {
+void bpe_tables(void) {
     pthread_once(&tables_once, tables_init);
 }
 
@@ -205,7 +193,7 @@ static size_t bl_put(char *out, unsigned char b) {
 
 /* The bytes a byte-level string stands for, into out (room for n); -1 when
 ** s holds a character outside the alphabet. */
-static long bl_decode(const char *s, size_t n, char *out) {
+long bpe_bl_decode(const char *s, size_t n, char *out) {
     size_t i = 0, k = 0;
     while (i < n) {
         utf8proc_int32_t c;
@@ -225,7 +213,7 @@ static inline int char_at(const unsigned char *s, size_t n, size_t i, size_t *le
     utf8proc_ssize_t l;
     if (s[i] < 0x80) {
         *len = 1;
-        return class_bmp[s[i]];
+        return bpe_class_bmp[s[i]];
     }
     l = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &c);
     if (l <= 0) {
@@ -233,7 +221,7 @@ static inline int char_at(const unsigned char *s, size_t n, size_t i, size_t *le
         return CL_OTHER;
     }
     *len = (size_t)l;
-    return c < 0x10000 ? class_bmp[c] : class_of(c);
+    return c < 0x10000 ? bpe_class_bmp[c] : class_of(c);
 }
 
 /* The class of the code point that ends just before s[i] (i > lo), and where it starts. */
@@ -252,7 +240,7 @@ static int char_before(const unsigned char *s, size_t n, size_t lo, size_t i, si
 
 /* ---- the pre-tokenizer -------------------------------------------------------------- */
 
-static size_t next_piece(const unsigned char *s, size_t n, size_t i) {
+size_t bpe_next_piece(const unsigned char *s, size_t n, size_t i) {
     size_t len, j, last;
     int c;
     if (s[i] == '\'' && i + 1 < n) { /* 's 't 're 've 'm 'll 'd */
@@ -277,7 +265,7 @@ static size_t next_piece(const unsigned char *s, size_t n, size_t i) {
     if (c != CL_SPACE) { /* \p{L}+ | \p{N}+ | [^\s\p{L}\p{N}]+ */
         while (j < n) {
             if (s[j] < 0x80) { /* the common case, without a call */
-                if (class_bmp[s[j]] != c) break;
+                if (bpe_class_bmp[s[j]] != c) break;
                 j++;
             } else {
                 if (char_at(s, n, j, &len) != c) break;
@@ -298,79 +286,19 @@ static size_t next_piece(const unsigned char *s, size_t n, size_t i) {
 }
 
 size_t dpo_bpe_next_piece(const char *s, size_t n, size_t i) {
-    tables();
+    bpe_tables();
     if (i >= n) return n;
-    return next_piece((const unsigned char *)s, n, i);
+    return bpe_next_piece((const unsigned char *)s, n, i);
 }
 
 /* ---- the tokenizer object ------------------------------------------------------------- */
 
-typedef struct {
-    size_t str, raw;           /* offsets in strs and raws */
-    uint32_t str_len, raw_len; /* the vocabulary string; the bytes it decodes to */
-    uint8_t used, added;
-} tok_entry;
-
-typedef struct {
-    int32_t id;
-    uint8_t special, lstrip, rstrip, single_word, normalized;
-} added_tok;
-
-/* A word cache: word bytes -> ids, open addressing, cleared when full. */
-#define CACHE_SLOTS (1u << 17)
-#define CACHE_MAXN  (1u << 16)
-#define CACHE_WORD  48
-#define CACHE_KEYS  (CACHE_MAXN * 8u)
-#define CACHE_VALS  (CACHE_MAXN * 4u)
-
-typedef struct {
-    uint64_t h; /* 0: empty */
-    uint32_t k, v;
-    uint8_t kn, vn;
-} cache_slot;
-
-typedef struct {
-    cache_slot *slot;   /* [CACHE_SLOTS] */
-    unsigned char *key; /* [CACHE_KEYS] */
-    int32_t *val;       /* [CACHE_VALS] */
-    size_t nk, nv, n;
-    int failed;            /* allocation failed once: run without */
-    unsigned char pad[72]; /* caches of two threads never share a cache line */
-} bpe_cache;
-_Static_assert(sizeof(bpe_cache) == 128, "bpe_cache is padded to 128 bytes");
-
-struct dpo_bpe {
-    int32_t n; /* ids 0..n-1; some may be unused */
-    size_t ncap;
-    tok_entry *tok;  /* [n] */
-    sbuf strs, raws; /* token strings and bytes */
-    int32_t *vmap;   /* [vcap] ids by string hash, -1: empty */
-    size_t vcap, vcount;
-    int32_t byte_id[256]; /* the token of each single byte, -1: none */
-    int32_t nmerges;
-    size_t mcap;
-    int32_t *merge; /* [3 * nmerges]: first, second, merged id, by rank */
-    uint64_t *pkey; /* [pcap] pair (first << 32 | second), PAIR_EMPTY: empty */
-    int32_t *prank; /* [pcap] */
-    size_t pcap;
-    added_tok *added; /* [nadded] in the order of the file */
-    int nadded;
-    size_t acap;
-    int *amatch;         /* [nadded] indices into added, longest content first */
-    uint8_t afirst[256]; /* 1 where some added token starts with that byte */
-    int afirst_only;     /* that byte when it is the only one, else negative */
-    int32_t role[DPO_BPE_NROLES];
-    int add_prefix_space, use_regex, ignore_merges;
-    bpe_cache *cache; /* [ncache], one per encoding thread */
-    int ncache;
-};
-
 static const char *const role_key[DPO_BPE_NROLES] = {"eos_token", "bos_token", "pad_token",
                                                      "unk_token"};
 
-static dpo_bpe *bpe_new(dpo_error *e) {
+dpo_bpe *bpe_new(dpo_error *e) {
     dpo_bpe *t = (dpo_bpe *)calloc(1, sizeof *t);
-    tables();
+    bpe_tables();
     if (!t) return (dpo_bpe *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for a tokenizer");
     for (int r = 0; r < DPO_BPE_NROLES; r++) t->role[r] = -1;
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
@@ -401,26 +329,26 @@ void dpo_bpe_free(dpo_bpe *t) {
     free(t);
 }
 
-static const char *tok_str(const dpo_bpe *t, int32_t id) {
+const char *bpe_tok_str(const dpo_bpe *t, int32_t id) {
     return t->strs.p + t->tok[id].str;
 }
 
-static int32_t vmap_find(const dpo_bpe *t, const char *s, size_t n) {
+int32_t bpe_vmap_find(const dpo_bpe *t, const char *s, size_t n) {
     size_t mask, i;
     if (!t->vcap) return -1;
     mask = t->vcap - 1;
-    i = (size_t)hash_bytes(s, n) & mask;
+    i = (size_t)bpe_hash_bytes(s, n) & mask;
     for (;;) {
         int32_t id = t->vmap[i];
         if (id < 0) return -1;
-        if (t->tok[id].str_len == n && memcmp(tok_str(t, id), s, n) == 0) return id;
+        if (t->tok[id].str_len == n && memcmp(bpe_tok_str(t, id), s, n) == 0) return id;
         i = (i + 1) & mask;
     }
 }
 
 static void vmap_put(dpo_bpe *t, int32_t id) {
     size_t mask = t->vcap - 1;
-    size_t i = (size_t)hash_bytes(tok_str(t, id), t->tok[id].str_len) & mask;
+    size_t i = (size_t)bpe_hash_bytes(bpe_tok_str(t, id), t->tok[id].str_len) & mask;
     while (t->vmap[i] >= 0) i = (i + 1) & mask;
     t->vmap[i] = id;
     t->vcount++;
@@ -445,7 +373,7 @@ static int vmap_grow(dpo_bpe *t) {
 }
 
 /* A token quoted for a message: at most SHOWN bytes, "..." after a cut. */
-static const char *shown(const char *s, size_t n, char *buf) {
+const char *bpe_shown(const char *s, size_t n, char *buf) {
     size_t k = n < SHOWN ? n : SHOWN;
     memcpy(buf, s, k);
     strcpy(buf + k, n > SHOWN ? "..." : "");
@@ -458,14 +386,14 @@ static const char *shown(const char *s, size_t n, char *buf) {
 ** (or its UTF-8 when it is not byte-level, as Hugging Face's decoder does).
 ** where names the file for messages.
 */
-static dpo_status set_token(dpo_bpe *t, int32_t id, const char *s, size_t n, int added,
-                            const char *where, dpo_error *e) {
+dpo_status bpe_set_token(dpo_bpe *t, int32_t id, const char *s, size_t n, int added,
+                         const char *where, dpo_error *e) {
     char b1[SHOWN + 4], b2[SHOWN + 4];
     int32_t other;
     tok_entry *te;
     if (id < 0 || id >= MAX_ID) {
         dpo_fail(e, DPO_ERR_RANGE, 0, "%s: id %ld of token '%s' is out of range 0..%d", where,
-                 (long)id, shown(s, n, b1), MAX_ID - 1);
+                 (long)id, bpe_shown(s, n, b1), MAX_ID - 1);
         return e->status;
     }
     if (n == 0) {
@@ -473,29 +401,29 @@ static dpo_status set_token(dpo_bpe *t, int32_t id, const char *s, size_t n, int
         return e->status;
     }
     if ((size_t)id >= t->ncap &&
-        grow((void **)&t->tok, &t->ncap, (size_t)id + 1, sizeof *t->tok) != 0)
+        bpe_grow((void **)&t->tok, &t->ncap, (size_t)id + 1, sizeof *t->tok) != 0)
         goto nomem;
     if (id >= t->n) {
         memset(t->tok + t->n, 0, (size_t)(id + 1 - t->n) * sizeof *t->tok);
         t->n = id + 1;
     }
     te = &t->tok[id];
-    other = vmap_find(t, s, n);
+    other = bpe_vmap_find(t, s, n);
     if (te->used) {
         if (other != id) {
             dpo_fail(e, DPO_ERR_ARG, 0, "%s: id %ld is given to both '%s' and '%s'", where,
-                     (long)id, shown(tok_str(t, id), te->str_len, b1), shown(s, n, b2));
+                     (long)id, bpe_shown(bpe_tok_str(t, id), te->str_len, b1), bpe_shown(s, n, b2));
             return e->status;
         }
     } else if (other >= 0) {
         dpo_fail(e, DPO_ERR_ARG, 0, "%s: token '%s' has two ids, %ld and %ld", where,
-                 shown(s, n, b1), (long)other, (long)id);
+                 bpe_shown(s, n, b1), (long)other, (long)id);
         return e->status;
     } else {
         if ((t->vcount + 1) * 2 > t->vcap && vmap_grow(t)) goto nomem;
         te->str = t->strs.n;
         te->str_len = (uint32_t)n;
-        if (sbuf_add(&t->strs, s, n)) goto nomem;
+        if (bpe_sbuf_add(&t->strs, s, n)) goto nomem;
         te->used = 1;
         vmap_put(t, id);
     }
@@ -503,7 +431,7 @@ static dpo_status set_token(dpo_bpe *t, int32_t id, const char *s, size_t n, int
         long k = -1;
         if (sbuf_reserve(&t->raws, n)) goto nomem;
         te->raw = t->raws.n;
-        if (!added) k = bl_decode(s, n, t->raws.p + t->raws.n);
+        if (!added) k = bpe_bl_decode(s, n, t->raws.p + t->raws.n);
         if (k < 0) {
             memcpy(t->raws.p + t->raws.n, s, n);
             k = (long)n;
@@ -519,15 +447,15 @@ nomem:
     return e->status;
 }
 
-static dpo_status add_added(dpo_bpe *t, int32_t id, int special, int lstrip, int rstrip,
-                            int single_word, int normalized, const char *where, dpo_error *e) {
+dpo_status bpe_add_added(dpo_bpe *t, int32_t id, int special, int lstrip, int rstrip,
+                         int single_word, int normalized, const char *where, dpo_error *e) {
     added_tok *a;
     for (int k = 0; k < t->nadded; k++)
         if (t->added[k].id == id) {
             t->added[k].special = (uint8_t)(t->added[k].special || special);
             return DPO_OK;
         }
-    if (grow((void **)&t->added, &t->acap, (size_t)t->nadded + 1, sizeof *t->added)) {
+    if (bpe_grow((void **)&t->added, &t->acap, (size_t)t->nadded + 1, sizeof *t->added)) {
         dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", where);
         return e->status;
     }
@@ -553,26 +481,26 @@ static const char *merge_where(const char *path, long line, char *buf, size_t n)
 }
 
 /* Append merge (first, second) -> the token of their concatenated strings. */
-static dpo_status add_merge(dpo_bpe *t, int32_t a, int32_t b, const char *path, long line,
-                            dpo_error *e) {
+dpo_status bpe_add_merge(dpo_bpe *t, int32_t a, int32_t b, const char *path, long line,
+                         dpo_error *e) {
     char b1[SHOWN + 4], wb[4200];
     sbuf cat = {0};
     int32_t x;
-    if (sbuf_add(&cat, tok_str(t, a), t->tok[a].str_len) ||
-        sbuf_add(&cat, tok_str(t, b), t->tok[b].str_len)) {
+    if (bpe_sbuf_add(&cat, bpe_tok_str(t, a), t->tok[a].str_len) ||
+        bpe_sbuf_add(&cat, bpe_tok_str(t, b), t->tok[b].str_len)) {
         free(cat.p);
         dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the merges", path);
         return e->status;
     }
-    x = vmap_find(t, cat.p, cat.n);
+    x = bpe_vmap_find(t, cat.p, cat.n);
     if (x < 0) {
         dpo_fail(e, DPO_ERR_ARG, 0, "%s: the merged token '%s' is not in the vocabulary",
-                 merge_where(path, line, wb, sizeof wb), shown(cat.p, cat.n, b1));
+                 merge_where(path, line, wb, sizeof wb), bpe_shown(cat.p, cat.n, b1));
         free(cat.p);
         return e->status;
     }
     free(cat.p);
-    if (grow((void **)&t->merge, &t->mcap, 3 * ((size_t)t->nmerges + 1), sizeof *t->merge)) {
+    if (bpe_grow((void **)&t->merge, &t->mcap, 3 * ((size_t)t->nmerges + 1), sizeof *t->merge)) {
         dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the merges", path);
         return e->status;
     }
@@ -588,7 +516,7 @@ static dpo_status merge_token_missing(const char *s, size_t n, const char *path,
                                       dpo_error *e) {
     char b1[SHOWN + 4], wb[4200];
     dpo_fail(e, DPO_ERR_ARG, 0, "%s: the merge's token '%s' is not in the vocabulary",
-             merge_where(path, line, wb, sizeof wb), shown(s, n, b1));
+             merge_where(path, line, wb, sizeof wb), bpe_shown(s, n, b1));
     return e->status;
 }
 
@@ -601,19 +529,20 @@ static dpo_status add_merge_str(dpo_bpe *t, const char *s, size_t n, const char 
     int32_t a, b;
     if (!sp || sp == s || sp == s + n - 1 || memchr(sp + 1, ' ', (size_t)(s + n - sp - 1))) {
         dpo_fail(e, DPO_ERR_ARG, 0, "%s: a merge is two tokens separated by one space, not '%s'",
-                 merge_where(path, line, wb, sizeof wb), shown(s, n, b1));
+                 merge_where(path, line, wb, sizeof wb), bpe_shown(s, n, b1));
         return e->status;
     }
     na = (size_t)(sp - s);
     nb = n - na - 1;
-    if ((a = vmap_find(t, s, na)) < 0) return merge_token_missing(s, na, path, line, e);
-    if ((b = vmap_find(t, sp + 1, nb)) < 0) return merge_token_missing(sp + 1, nb, path, line, e);
-    return add_merge(t, a, b, path, line, e);
+    if ((a = bpe_vmap_find(t, s, na)) < 0) return merge_token_missing(s, na, path, line, e);
+    if ((b = bpe_vmap_find(t, sp + 1, nb)) < 0)
+        return merge_token_missing(sp + 1, nb, path, line, e);
+    return bpe_add_merge(t, a, b, path, line, e);
 }
 
 static inline int32_t pair_rank(const dpo_bpe *t, int32_t a, int32_t b) {
     uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    size_t mask = t->pcap - 1, i = (size_t)mix64(k) & mask;
+    size_t mask = t->pcap - 1, i = (size_t)bpe_mix64(k) & mask;
     for (;;) {
         uint64_t q = t->pkey[i];
         if (q == k) return t->prank[i];
@@ -625,7 +554,7 @@ static inline int32_t pair_rank(const dpo_bpe *t, int32_t a, int32_t b) {
 static int cmp_added_len(const void *pa, const void *pb, void *ctx);
 
 /* Roles by the usual names, for those a file left unset. */
-static void default_roles(dpo_bpe *t, const int *explicit_role) {
+void bpe_default_roles(dpo_bpe *t, const int *explicit_role) {
     static const char *const names[DPO_BPE_NROLES][6] = {
         {"<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", NULL},
         {"<s>", "<|begin_of_text|>", "<bos>", "<|bos|>", "<|startoftext|>", NULL},
@@ -635,24 +564,24 @@ static void default_roles(dpo_bpe *t, const int *explicit_role) {
     for (int r = 0; r < DPO_BPE_NROLES; r++) {
         if (t->role[r] >= 0 || (explicit_role && explicit_role[r])) continue;
         for (int k = 0; names[r][k] && t->role[r] < 0; k++) {
-            int32_t id = vmap_find(t, names[r][k], strlen(names[r][k]));
+            int32_t id = bpe_vmap_find(t, names[r][k], strlen(names[r][k]));
             if (id >= 0 && t->tok[id].added) t->role[r] = id;
         }
     }
     /* GPT-2's one special token begins texts as well as ending them */
     if (t->role[DPO_BPE_BOS] < 0 && !(explicit_role && explicit_role[DPO_BPE_BOS]) &&
         t->role[DPO_BPE_EOS] >= 0 && t->tok[t->role[DPO_BPE_EOS]].str_len == 13 &&
-        memcmp(tok_str(t, t->role[DPO_BPE_EOS]), "<|endoftext|>", 13) == 0)
+        memcmp(bpe_tok_str(t, t->role[DPO_BPE_EOS]), "<|endoftext|>", 13) == 0)
         t->role[DPO_BPE_BOS] = t->role[DPO_BPE_EOS];
 }
 
 /* After the tokens, added tokens and merges are in: the byte tokens, the
 ** pair map and the order added tokens are matched in. */
-static dpo_status finish(dpo_bpe *t, const char *where, dpo_error *e) {
+dpo_status bpe_finish(dpo_bpe *t, const char *where, dpo_error *e) {
     for (int b = 0; b < 256; b++) {
         char s[2];
         size_t n = bl_put(s, (unsigned char)b);
-        int32_t id = vmap_find(t, s, n);
+        int32_t id = bpe_vmap_find(t, s, n);
         t->byte_id[b] = (id >= 0 && !t->tok[id].added) ? id : -1;
     }
     free(t->pkey);
@@ -669,7 +598,7 @@ static dpo_status finish(dpo_bpe *t, const char *where, dpo_error *e) {
     memset(t->pkey, 0xff, t->pcap * sizeof *t->pkey);
     for (int32_t r = 0; r < t->nmerges; r++) { /* a repeated pair keeps its last rank */
         uint64_t k = (uint64_t)(uint32_t)t->merge[3 * r] << 32 | (uint32_t)t->merge[3 * r + 1];
-        size_t mask = t->pcap - 1, i = (size_t)mix64(k) & mask;
+        size_t mask = t->pcap - 1, i = (size_t)bpe_mix64(k) & mask;
         while (t->pkey[i] != PAIR_EMPTY && t->pkey[i] != k) i = (i + 1) & mask;
         t->pkey[i] = k;
         t->prank[i] = r;
@@ -678,7 +607,7 @@ static dpo_status finish(dpo_bpe *t, const char *where, dpo_error *e) {
     t->afirst_only = -1;
     for (int k = 0; k < t->nadded; k++) {
         t->amatch[k] = k;
-        unsigned char b = (unsigned char)tok_str(t, t->added[k].id)[0];
+        unsigned char b = (unsigned char)bpe_tok_str(t, t->added[k].id)[0];
         t->afirst[b] = 1;
         t->afirst_only = (k == 0 || t->afirst_only == b) ? b : -2;
     }
@@ -838,7 +767,7 @@ static int32_t whole_word(const dpo_bpe *t, const unsigned char *w, size_t n) {
     int32_t id;
     if (!s) return -1;
     for (size_t i = 0; i < n; i++) k += bl_put(s + k, w[i]);
-    id = vmap_find(t, s, k);
+    id = bpe_vmap_find(t, s, k);
     if (s != stack) free(s);
     return id;
 }
@@ -945,7 +874,7 @@ static int encode_piece(const dpo_bpe *t, bpe_cache *c, const unsigned char *w, 
     }
     if (n <= CACHE_WORD && c && cache_ready(c)) {
         const cache_slot *s;
-        h = hash_bytes(w, n);
+        h = bpe_hash_bytes(w, n);
         s = cache_get(c, w, n, h);
         if (s) {
             const int32_t *v = c->val + s->v;
@@ -976,7 +905,7 @@ static int encode_body(const dpo_bpe *t, bpe_cache *c, const unsigned char *s, s
     }
     if (!t->use_regex) return encode_piece(t, c, s, n, out);
     for (size_t i = 0; i < n;) {
-        size_t j = next_piece(s, n, i);
+        size_t j = bpe_next_piece(s, n, i);
         if (encode_piece(t, c, s + i, j - i, out)) return -1;
         i = j;
     }
@@ -1023,7 +952,7 @@ static int find_added(const dpo_bpe *t, const unsigned char *s, size_t n, size_t
         for (int k = 0; k < t->nadded; k++) {
             const added_tok *a = &t->added[t->amatch[k]];
             size_t len = t->tok[a->id].str_len, st;
-            if (len > n - p || memcmp(tok_str(t, a->id), s + p, len) != 0) continue;
+            if (len > n - p || memcmp(bpe_tok_str(t, a->id), s + p, len) != 0) continue;
             if (a->single_word) {
                 if (p > from && is_word_char(s, n, p - 1)) {
                     size_t q;
@@ -1152,13 +1081,13 @@ int32_t dpo_bpe_num_merges(const dpo_bpe *t) {
 }
 
 int32_t dpo_bpe_token_to_id(const dpo_bpe *t, const char *s, size_t n) {
-    return vmap_find(t, s, n);
+    return bpe_vmap_find(t, s, n);
 }
 
 const char *dpo_bpe_id_to_token(const dpo_bpe *t, int32_t id, size_t *n) {
     if (id < 0 || id >= t->n || !t->tok[id].used) return NULL;
     *n = t->tok[id].str_len;
-    return tok_str(t, id);
+    return bpe_tok_str(t, id);
 }
 
 const char *dpo_bpe_id_to_bytes(const dpo_bpe *t, int32_t id, size_t *n) {
@@ -1273,12 +1202,12 @@ static int32_t json_id(json_t *v, const char *where, const char *what, const cha
     char b1[SHOWN + 4];
     if (!json_is_integer(v)) {
         dpo_fail(e, DPO_ERR_ARG, 0, "%s: the id of %s '%s' is not an integer", where, what,
-                 shown(s, n, b1));
+                 bpe_shown(s, n, b1));
         return -1;
     }
     if (json_integer_value(v) < 0 || json_integer_value(v) >= MAX_ID) {
         dpo_fail(e, DPO_ERR_RANGE, 0, "%s: the id %lld of %s '%s' is out of range 0..%d", where,
-                 (long long)json_integer_value(v), what, shown(s, n, b1), MAX_ID - 1);
+                 (long long)json_integer_value(v), what, bpe_shown(s, n, b1), MAX_ID - 1);
         return -1;
     }
     return (int32_t)json_integer_value(v);
@@ -1291,8 +1220,8 @@ static dpo_status add_vocab(dpo_bpe *t, json_t *vocab, int added, const char *wh
     json_t *v;
     json_object_keylen_foreach(vocab, key, klen, v) {
         int32_t id = json_id(v, where, "token", key, klen, e);
-        if (id < 0 || set_token(t, id, key, klen, added, where, e) != DPO_OK) return e->status;
-        if (added && add_added(t, id, 1, 0, 0, 0, 0, where, e) != DPO_OK) return e->status;
+        if (id < 0 || bpe_set_token(t, id, key, klen, added, where, e) != DPO_OK) return e->status;
+        if (added && bpe_add_added(t, id, 1, 0, 0, 0, 0, where, e) != DPO_OK) return e->status;
     }
     return DPO_OK;
 }
@@ -1370,9 +1299,10 @@ static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo
         id = json_id(json_object_get(v, "id"), path, "added token", json_string_value(c),
                      json_string_length(c), e);
         if (id < 0 ||
-            set_token(t, id, json_string_value(c), json_string_length(c), 1, path, e) != DPO_OK ||
-            add_added(t, id, flag(v, "special"), flag(v, "lstrip"), flag(v, "rstrip"),
-                      flag(v, "single_word"), flag(v, "normalized"), path, e) != DPO_OK)
+            bpe_set_token(t, id, json_string_value(c), json_string_length(c), 1, path, e) !=
+                DPO_OK ||
+            bpe_add_added(t, id, flag(v, "special"), flag(v, "lstrip"), flag(v, "rstrip"),
+                          flag(v, "single_word"), flag(v, "normalized"), path, e) != DPO_OK)
             return e->status;
     }
     merges = json_object_get(model, "merges");
@@ -1388,12 +1318,12 @@ static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo
                 return e->status;
         } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_string(a) &&
                    json_is_string(b)) {
-            int32_t ia = vmap_find(t, json_string_value(a), json_string_length(a));
-            int32_t ib = vmap_find(t, json_string_value(b), json_string_length(b));
+            int32_t ia = bpe_vmap_find(t, json_string_value(a), json_string_length(a));
+            int32_t ib = bpe_vmap_find(t, json_string_value(b), json_string_length(b));
             json_t *m = ia < 0 ? a : b;
             if (ia < 0 || ib < 0)
                 return merge_token_missing(json_string_value(m), json_string_length(m), path, k, e);
-            if (add_merge(t, ia, ib, path, k, e) != DPO_OK) return e->status;
+            if (bpe_add_merge(t, ia, ib, path, k, e) != DPO_OK) return e->status;
         } else {
             dpo_fail(e, DPO_ERR_ARG, 0, "%s: merge %zu: neither \"a b\" nor [\"a\", \"b\"]", path,
                      idx + 1);
@@ -1402,8 +1332,8 @@ static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo
     }
     j = json_object_get(model, "unk_token");
     if (json_is_string(j))
-        t->role[DPO_BPE_UNK] = vmap_find(t, json_string_value(j), json_string_length(j));
-    return finish(t, path, e);
+        t->role[DPO_BPE_UNK] = bpe_vmap_find(t, json_string_value(j), json_string_length(j));
+    return bpe_finish(t, path, e);
 not_tokenizer:
     dpo_fail(e, DPO_ERR_ARG, 0, "%s: not a tokenizer.json (no \"model\" object with a type)", path);
     return e->status;
@@ -1424,11 +1354,11 @@ static dpo_bpe *json_tokenizer(const char *path, dpo_error *e) {
 
 dpo_bpe *dpo_bpe_load_json(const char *path, dpo_error *e) {
     dpo_bpe *t = json_tokenizer(path, e);
-    if (t) default_roles(t, NULL);
+    if (t) bpe_default_roles(t, NULL);
     return t;
 }
 
-/* GPT-2's vocabulary and merges, without finish(). */
+/* GPT-2's vocabulary and merges, without bpe_finish(). */
 static dpo_status fill_gpt2(dpo_bpe *t, const char *vocab_path, const char *merges_path,
                             dpo_error *e) {
     json_t *root = parse_json(vocab_path, e);
@@ -1449,9 +1379,9 @@ static dpo_status fill_gpt2(dpo_bpe *t, const char *vocab_path, const char *merg
         return e->status;
     }
     json_decref(root);
-    eot = vmap_find(t, "<|endoftext|>", 13);
-    if (eot >= 0 && (set_token(t, eot, "<|endoftext|>", 13, 1, vocab_path, e) != DPO_OK ||
-                     add_added(t, eot, 1, 0, 0, 0, 0, vocab_path, e) != DPO_OK))
+    eot = bpe_vmap_find(t, "<|endoftext|>", 13);
+    if (eot >= 0 && (bpe_set_token(t, eot, "<|endoftext|>", 13, 1, vocab_path, e) != DPO_OK ||
+                     bpe_add_added(t, eot, 1, 0, 0, 0, 0, vocab_path, e) != DPO_OK))
         return e->status;
     s = read_file(merges_path, &n, e);
     if (!s) return e->status;
@@ -1475,11 +1405,12 @@ static dpo_status fill_gpt2(dpo_bpe *t, const char *vocab_path, const char *merg
 dpo_bpe *dpo_bpe_load_gpt2(const char *vocab_path, const char *merges_path, dpo_error *e) {
     dpo_bpe *t = bpe_new(e);
     if (!t) return NULL;
-    if (fill_gpt2(t, vocab_path, merges_path, e) != DPO_OK || finish(t, merges_path, e) != DPO_OK) {
+    if (fill_gpt2(t, vocab_path, merges_path, e) != DPO_OK ||
+        bpe_finish(t, merges_path, e) != DPO_OK) {
         dpo_bpe_free(t);
         return NULL;
     }
-    default_roles(t, NULL);
+    bpe_default_roles(t, NULL);
     return t;
 }
 
@@ -1515,7 +1446,7 @@ static dpo_status read_roles(dpo_bpe *t, const char *dir, int *explicit_role, dp
             }
             if (json_is_object(v)) v = json_object_get(v, "content");
             if (!json_is_string(v)) continue;
-            id = vmap_find(t, json_string_value(v), json_string_length(v));
+            id = bpe_vmap_find(t, json_string_value(v), json_string_length(v));
             if (id >= 0) {
                 t->role[r] = id;
                 explicit_role[r] = 1;
@@ -1554,7 +1485,7 @@ static dpo_bpe *load_pair(const char *dir, const char *vname, const char *mname,
         }
         if (add_vocab(t, root, 1, a, e) != DPO_OK) goto fail;
     }
-    if (finish(t, m, e) == DPO_OK) goto done;
+    if (bpe_finish(t, m, e) == DPO_OK) goto done;
 fail:
     dpo_bpe_free(t);
     t = NULL;
@@ -1586,7 +1517,7 @@ static dpo_bpe *load_dir(const char *dir, dpo_error *e) {
         dpo_bpe_free(t);
         return NULL;
     }
-    if (t) default_roles(t, explicit_role);
+    if (t) bpe_default_roles(t, explicit_role);
     return t;
 }
 
@@ -1628,7 +1559,7 @@ static json_t *to_json(const dpo_bpe *t) {
         const added_tok *a = &t->added[k];
         json_t *o = json_object();
         ok = jset(o, "id", json_integer(a->id)) &&
-             jset(o, "content", json_stringn(tok_str(t, a->id), t->tok[a->id].str_len)) &&
+             jset(o, "content", json_stringn(bpe_tok_str(t, a->id), t->tok[a->id].str_len)) &&
              jset(o, "single_word", json_boolean(a->single_word)) &&
              jset(o, "lstrip", json_boolean(a->lstrip)) &&
              jset(o, "rstrip", json_boolean(a->rstrip)) &&
@@ -1642,7 +1573,7 @@ static json_t *to_json(const dpo_bpe *t) {
          jset(root, "model", json_incref(model)) && jset(model, "type", json_string("BPE")) &&
          jset(model, "dropout", json_null()) &&
          jset(model, "unk_token",
-              unk >= 0 ? json_stringn(tok_str(t, unk), t->tok[unk].str_len) : json_null()) &&
+              unk >= 0 ? json_stringn(bpe_tok_str(t, unk), t->tok[unk].str_len) : json_null()) &&
          jset(model, "continuing_subword_prefix", json_null()) &&
          jset(model, "end_of_word_suffix", json_null()) && jset(model, "fuse_unk", json_false()) &&
          jset(model, "byte_fallback", json_false()) &&
@@ -1650,13 +1581,14 @@ static json_t *to_json(const dpo_bpe *t) {
          jset(model, "vocab", json_incref(vocab)) && jset(model, "merges", json_incref(merges));
     for (int32_t id = 0; ok && id < t->n; id++)
         if (t->tok[id].used)
-            ok = json_object_setn_new(vocab, tok_str(t, id), t->tok[id].str_len,
+            ok = json_object_setn_new(vocab, bpe_tok_str(t, id), t->tok[id].str_len,
                                       json_integer(id)) == 0;
     for (int32_t r = 0; ok && r < t->nmerges; r++) {
         int32_t a = t->merge[3 * r], b = t->merge[3 * r + 1];
         m.n = 0;
-        ok = sbuf_add(&m, tok_str(t, a), t->tok[a].str_len) == 0 && sbuf_add(&m, " ", 1) == 0 &&
-             sbuf_add(&m, tok_str(t, b), t->tok[b].str_len) == 0 &&
+        ok = bpe_sbuf_add(&m, bpe_tok_str(t, a), t->tok[a].str_len) == 0 &&
+             bpe_sbuf_add(&m, " ", 1) == 0 &&
+             bpe_sbuf_add(&m, bpe_tok_str(t, b), t->tok[b].str_len) == 0 &&
              json_array_append_new(merges, json_stringn(m.p, m.n)) == 0;
     }
     free(m.p);
@@ -1676,7 +1608,7 @@ static json_t *config_json(const dpo_bpe *t) {
     for (int r = 0; ok && r < DPO_BPE_NROLES; r++)
         if (t->role[r] >= 0)
             ok = jset(root, role_key[r],
-                      json_stringn(tok_str(t, t->role[r]), t->tok[t->role[r]].str_len));
+                      json_stringn(bpe_tok_str(t, t->role[r]), t->tok[t->role[r]].str_len));
     if (!ok) {
         json_decref(root);
         return NULL;
@@ -1721,11 +1653,11 @@ dpo_status dpo_bpe_save(const dpo_bpe *t, const char *path, dpo_error *e) {
 
 /* ---- the byte tokenizer --------------------------------------------------------------- */
 
-static dpo_status add_byte_tokens(dpo_bpe *t, dpo_error *e) {
+dpo_status bpe_add_byte_tokens(dpo_bpe *t, dpo_error *e) {
     for (int b = 0; b < 256; b++) {
         char s[2];
         size_t n = bl_put(s, (unsigned char)b);
-        if (set_token(t, b, s, n, 0, "bytes", e) != DPO_OK) return e->status;
+        if (bpe_set_token(t, b, s, n, 0, "bytes", e) != DPO_OK) return e->status;
     }
     return DPO_OK;
 }
@@ -1733,627 +1665,13 @@ static dpo_status add_byte_tokens(dpo_bpe *t, dpo_error *e) {
 dpo_bpe *dpo_bpe_bytes(dpo_error *e) {
     dpo_bpe *t = bpe_new(e);
     if (!t) return NULL;
-    if (add_byte_tokens(t, e) != DPO_OK ||
-        set_token(t, 256, "<|endoftext|>", 13, 1, "bytes", e) != DPO_OK ||
-        add_added(t, 256, 1, 0, 0, 0, 0, "bytes", e) != DPO_OK || finish(t, "bytes", e) != DPO_OK) {
+    if (bpe_add_byte_tokens(t, e) != DPO_OK ||
+        bpe_set_token(t, 256, "<|endoftext|>", 13, 1, "bytes", e) != DPO_OK ||
+        bpe_add_added(t, 256, 1, 0, 0, 0, 0, "bytes", e) != DPO_OK ||
+        bpe_finish(t, "bytes", e) != DPO_OK) {
         dpo_bpe_free(t);
         return NULL;
     }
-    default_roles(t, NULL);
-    return t;
-}
-
-/* ---- training: counting words ------------------------------------------------------ */
-
-#define CHUNK ((size_t)1 << 20)  /* texts are counted in pieces of about this size */
-#define BLOCK ((size_t)32 << 20) /* files are read in blocks of this size */
-
-/* The special tokens cut out of a corpus: leftmost, then longest. */
-typedef struct {
-    const char *const *s;
-    size_t *len;
-    int n, has_nl;
-    uint8_t first[256];
-} specials;
-
-static size_t find_special(const specials *sp, const unsigned char *s, size_t n, size_t from,
-                           size_t *mlen) {
-    if (sp->n == 0) return n;
-    for (size_t p = from; p < n; p++) {
-        size_t best = 0;
-        if (!sp->first[s[p]]) continue;
-        for (int k = 0; k < sp->n; k++)
-            if (sp->len[k] > best && sp->len[k] <= n - p &&
-                memcmp(sp->s[k], s + p, sp->len[k]) == 0)
-                best = sp->len[k];
-        if (best) {
-            *mlen = best;
-            return p;
-        }
-    }
-    return n;
-}
-
-/* Unique words with their counts: open addressing over entries. */
-typedef struct {
-    uint32_t *slot; /* [cap] entry + 1, 0: empty */
-    size_t cap;
-    uint64_t *hash; /* [n] */
-    size_t *off;    /* [n] in keys */
-    size_t *len;    /* [n] */
-    int64_t *count; /* [n] */
-    size_t n, ecap;
-    sbuf keys;
-} wordmap;
-
-static void wm_free(wordmap *m) {
-    free(m->slot), free(m->hash), free(m->off), free(m->len), free(m->count), free(m->keys.p);
-    memset(m, 0, sizeof *m);
-}
-
-static int wm_rehash(wordmap *m) {
-    size_t cap = m->cap ? m->cap * 2 : 4096;
-    uint32_t *slot = (uint32_t *)calloc(cap, sizeof *slot);
-    if (!slot || cap > ((size_t)1 << 33)) {
-        free(slot);
-        return -1;
-    }
-    for (size_t k = 0; k < m->n; k++) {
-        size_t i = (size_t)m->hash[k] & (cap - 1);
-        while (slot[i]) i = (i + 1) & (cap - 1);
-        slot[i] = (uint32_t)(k + 1);
-    }
-    free(m->slot);
-    m->slot = slot;
-    m->cap = cap;
-    return 0;
-}
-
-static int wm_add(wordmap *m, const unsigned char *w, size_t n, uint64_t h, int64_t count) {
-    size_t i, k;
-    if ((m->n + 1) * 2 > m->cap && wm_rehash(m)) return -1;
-    for (i = (size_t)h & (m->cap - 1); m->slot[i]; i = (i + 1) & (m->cap - 1)) {
-        k = m->slot[i] - 1;
-        if (m->hash[k] == h && m->len[k] == n && memcmp(m->keys.p + m->off[k], w, n) == 0) {
-            m->count[k] += count;
-            return 0;
-        }
-    }
-    if (m->n == m->ecap) {
-        size_t c = m->ecap ? 2 * m->ecap : 1024, c1 = m->ecap, c2 = m->ecap, c3 = m->ecap,
-               c4 = m->ecap;
-        if (m->n >= UINT32_MAX - 1 || grow((void **)&m->hash, &c1, c, sizeof *m->hash) ||
-            grow((void **)&m->off, &c2, c, sizeof *m->off) ||
-            grow((void **)&m->len, &c3, c, sizeof *m->len) ||
-            grow((void **)&m->count, &c4, c, sizeof *m->count))
-            return -1;
-        m->ecap = c;
-    }
-    k = m->n++;
-    m->hash[k] = h;
-    m->off[k] = m->keys.n;
-    m->len[k] = n;
-    m->count[k] = count;
-    m->slot[i] = (uint32_t)(k + 1);
-    return sbuf_add(&m->keys, w, n);
-}
-
-/* Count the pieces of s[0..n), special tokens cut out. */
-static int count_text(wordmap *m, const unsigned char *s, size_t n, const specials *sp) {
-    size_t start = 0, ml = 0;
-    while (start < n) {
-        size_t p = find_special(sp, s, n, start, &ml);
-        for (size_t i = start; i < p;) {
-            size_t j = next_piece(s, p, i);
-            if (wm_add(m, s + i, j - i, hash_bytes(s + i, j - i), 1)) return -1;
-            i = j;
-        }
-        start = p < n ? p + ml : n;
-    }
-    return 0;
-}
-
-/*
-** Whether a text may be cut before s[p] without changing its pieces: after
-** a lone "\n" that follows a non-space ASCII byte and precedes one, outside
-** any special token. The "\n" is a piece of its own on both sides.
-*/
-static int cut_ok(const unsigned char *s, size_t n, size_t p, const specials *sp) {
-    if (p < 2 || p >= n || s[p - 1] != '\n' || s[p - 2] >= 0x80 || s[p] >= 0x80 ||
-        class_bmp[s[p - 2]] == CL_SPACE || class_bmp[s[p]] == CL_SPACE)
-        return 0;
-    for (int k = 0; sp->has_nl && k < sp->n; k++)
-        for (size_t q = 0; q < sp->len[k]; q++)
-            if (sp->s[k][q] == '\n' && p - 1 >= q && p - 1 - q + sp->len[k] <= n &&
-                memcmp(s + p - 1 - q, sp->s[k], sp->len[k]) == 0)
-                return 0;
-    return 1;
-}
-
-typedef struct {
-    const unsigned char *p;
-    size_t n;
-} span;
-
-typedef struct {
-    span *v;
-    size_t n, cap;
-} spans;
-
-/* Cut s[0..n) into spans of about CHUNK bytes at safe places. */
-static int add_spans(spans *v, const unsigned char *s, size_t n, const specials *sp) {
-    size_t pos = 0;
-    while (pos < n) {
-        size_t end = n;
-        if (n - pos > 2 * CHUNK) {
-            const unsigned char *q = s + pos + CHUNK, *nl;
-            while ((nl = (const unsigned char *)memchr(q, '\n', (size_t)(s + n - q))) != NULL) {
-                size_t p = (size_t)(nl - s) + 1;
-                if (cut_ok(s, n, p, sp)) {
-                    end = p;
-                    break;
-                }
-                q = nl + 1;
-            }
-        }
-        if (grow((void **)&v->v, &v->cap, v->n + 1, sizeof *v->v)) return -1;
-        v->v[v->n].p = s + pos;
-        v->v[v->n].n = end - pos;
-        v->n++;
-        pos = end;
-    }
-    return 0;
-}
-
-/* Count every span, a word map per thread, then fold them into m. */
-static int count_spans(wordmap *m, const spans *v, const specials *sp) {
-    int nt = omp_get_max_threads(), failed = 0;
-    wordmap *local;
-    if ((size_t)nt > v->n) nt = (int)v->n;
-    if (nt <= 1) {
-        for (size_t k = 0; k < v->n; k++)
-            if (count_text(m, v->v[k].p, v->v[k].n, sp)) return -1;
-        return 0;
-    }
-    local = (wordmap *)calloc((size_t)nt, sizeof *local);
-    if (!local) return -1;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (long k = 0; k < (long)v->n; k++) {
-        int f;
-#pragma omp atomic read
-        f = failed;
-        if (!f && count_text(&local[omp_get_thread_num()], v->v[k].p, v->v[k].n, sp)) {
-#pragma omp atomic write
-            failed = 1;
-        }
-    }
-    for (int i = 0; i < nt; i++) {
-        for (size_t k = 0; !failed && k < local[i].n; k++)
-            if (wm_add(m, (const unsigned char *)local[i].keys.p + local[i].off[k], local[i].len[k],
-                       local[i].hash[k], local[i].count[k]))
-                failed = 1;
-        wm_free(&local[i]);
-    }
-    free(local);
-    return failed ? -1 : 0;
-}
-
-/* A file, in blocks cut at safe places. */
-static dpo_status count_file(wordmap *m, const char *path, const specials *sp, dpo_error *e) {
-    FILE *f = fopen(path, "rb");
-    size_t cap = BLOCK, have = 0;
-    unsigned char *buf;
-    spans v = {0};
-    int eof = 0;
-    if (!f) {
-        dpo_fail(e, DPO_ERR_IO, 0, "%s: %s", path, strerror(errno));
-        return e->status;
-    }
-    buf = (unsigned char *)malloc(cap);
-    if (!buf) goto nomem;
-    while (!eof) {
-        size_t got = fread(buf + have, 1, cap - have, f), cut;
-        have += got;
-        if (ferror(f)) {
-            dpo_fail(e, DPO_ERR_IO, 0, "%s: read error: %s", path, strerror(errno));
-            goto fail;
-        }
-        eof = feof(f) != 0;
-        if (!eof && have < cap) continue; /* a short read: read on */
-        cut = have;
-        if (!eof) {
-            for (cut = have - 1; cut >= 2 && !(buf[cut - 1] == '\n' && cut_ok(buf, have, cut, sp));)
-                cut--;
-            if (cut < 2) { /* no safe place in the block: take a bigger one */
-                unsigned char *q =
-                    cap > SIZE_MAX / 2 ? NULL : (unsigned char *)realloc(buf, cap * 2);
-                if (!q) goto nomem;
-                buf = q;
-                cap *= 2;
-                continue;
-            }
-        }
-        v.n = 0;
-        if (add_spans(&v, buf, cut, sp) || count_spans(m, &v, sp)) goto nomem;
-        memmove(buf, buf + cut, have - cut);
-        have -= cut;
-        if (dpo_interrupted) {
-            dpo_fail(e, DPO_ERR_ARG, 0, "interrupted");
-            goto fail;
-        }
-    }
-    free(v.v);
-    free(buf);
-    fclose(f);
-    return DPO_OK;
-nomem:
-    dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory counting its words", path);
-fail:
-    free(v.v);
-    free(buf);
-    fclose(f);
-    return e->status;
-}
-
-/* ---- training: merging --------------------------------------------------------------- */
-
-typedef struct {
-    int32_t *w; /* words where the pair occurs (or occurred) */
-    uint32_t n, cap;
-} wlist;
-
-typedef struct {
-    int64_t count;
-    int32_t a, b;
-} hentry;
-
-enum { PF_TOUCHED = 1, PF_FORBIDDEN = 2 };
-
-typedef struct {
-    int32_t *sym;    /* symbols of every word, word after word */
-    size_t *woff;    /* [nw] */
-    uint32_t *wlen;  /* [nw] */
-    int64_t *wcount; /* [nw] */
-    size_t nw;
-    uint64_t *pkey; /* [pcap] pair -> index map */
-    int32_t *pidx;
-    size_t pcap;
-    int32_t *pa, *pb; /* [np] */
-    int64_t *pcnt;
-    wlist *pw;
-    uint8_t *pflag;
-    size_t np, pecap;
-    hentry *heap;
-    size_t hn, hcap;
-    int32_t *touched;
-    size_t ntouched, tcap;
-} trainer;
-
-static void trainer_free(trainer *tr) {
-    for (size_t p = 0; p < tr->np; p++) free(tr->pw[p].w);
-    free(tr->sym), free(tr->woff), free(tr->wlen), free(tr->wcount), free(tr->pkey);
-    free(tr->pidx), free(tr->pa), free(tr->pb), free(tr->pcnt), free(tr->pw), free(tr->pflag);
-    free(tr->heap), free(tr->touched);
-}
-
-/* The index of pair (a, b); create: add it when new. -1: absent or out of memory. */
-static long pair_index(trainer *tr, int32_t a, int32_t b, int create) {
-    uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    size_t i;
-    if (create && (tr->np + 1) * 2 > tr->pcap) {
-        size_t cap = tr->pcap ? tr->pcap * 2 : 4096;
-        uint64_t *key = (uint64_t *)malloc(cap * sizeof *key);
-        int32_t *idx = (int32_t *)malloc(cap * sizeof *idx);
-        if (!key || !idx) {
-            free(key), free(idx);
-            return -1;
-        }
-        memset(key, 0xff, cap * sizeof *key);
-        for (size_t q = 0; q < tr->pcap; q++) {
-            if (tr->pkey[q] == PAIR_EMPTY) continue;
-            i = (size_t)mix64(tr->pkey[q]) & (cap - 1);
-            while (key[i] != PAIR_EMPTY) i = (i + 1) & (cap - 1);
-            key[i] = tr->pkey[q];
-            idx[i] = tr->pidx[q];
-        }
-        free(tr->pkey), free(tr->pidx);
-        tr->pkey = key, tr->pidx = idx, tr->pcap = cap;
-    }
-    if (!tr->pcap) return -1;
-    for (i = (size_t)mix64(k) & (tr->pcap - 1); tr->pkey[i] != PAIR_EMPTY;
-         i = (i + 1) & (tr->pcap - 1))
-        if (tr->pkey[i] == k) return tr->pidx[i];
-    if (!create || tr->np >= INT32_MAX) return -1;
-    if (tr->np == tr->pecap) {
-        size_t c = tr->pecap ? 2 * tr->pecap : 4096, c1 = tr->pecap, c2 = c1, c3 = c1, c4 = c1,
-               c5 = c1;
-        if (grow((void **)&tr->pa, &c1, c, sizeof *tr->pa) ||
-            grow((void **)&tr->pb, &c2, c, sizeof *tr->pb) ||
-            grow((void **)&tr->pcnt, &c3, c, sizeof *tr->pcnt) ||
-            grow((void **)&tr->pw, &c4, c, sizeof *tr->pw) ||
-            grow((void **)&tr->pflag, &c5, c, sizeof *tr->pflag))
-            return -1;
-        tr->pecap = c;
-    }
-    tr->pkey[i] = k;
-    tr->pidx[i] = (int32_t)tr->np;
-    tr->pa[tr->np] = a;
-    tr->pb[tr->np] = b;
-    tr->pcnt[tr->np] = 0;
-    memset(&tr->pw[tr->np], 0, sizeof *tr->pw);
-    tr->pflag[tr->np] = 0;
-    return (long)tr->np++;
-}
-
-static int wlist_add(wlist *l, int32_t w) {
-    if (l->n && l->w[l->n - 1] == w) return 0;
-    if (l->n == l->cap) {
-        uint32_t c = l->cap ? 2 * l->cap : 4;
-        int32_t *q = (int32_t *)realloc(l->w, (size_t)c * sizeof *q);
-        if (!q || c < l->cap) return -1;
-        l->w = q;
-        l->cap = c;
-    }
-    l->w[l->n++] = w;
-    return 0;
-}
-
-/* Max-heap: the larger count first, then the smaller (a, b). */
-static int h_before(const hentry *x, const hentry *y) {
-    if (x->count != y->count) return x->count > y->count;
-    if (x->a != y->a) return x->a < y->a;
-    return x->b < y->b;
-}
-
-static int h_push(trainer *tr, int64_t count, int32_t a, int32_t b) {
-    hentry v = {count, a, b};
-    size_t i;
-    if (grow((void **)&tr->heap, &tr->hcap, tr->hn + 1, sizeof *tr->heap)) return -1;
-    for (i = tr->hn++; i > 0 && h_before(&v, &tr->heap[(i - 1) / 2]); i = (i - 1) / 2)
-        tr->heap[i] = tr->heap[(i - 1) / 2];
-    tr->heap[i] = v;
-    return 0;
-}
-
-static hentry h_pop(trainer *tr) {
-    hentry top = tr->heap[0], v = tr->heap[--tr->hn];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= tr->hn) break;
-        if (c + 1 < tr->hn && h_before(&tr->heap[c + 1], &tr->heap[c])) c++;
-        if (!h_before(&tr->heap[c], &v)) break;
-        tr->heap[i] = tr->heap[c];
-        i = c;
-    }
-    if (tr->hn) tr->heap[i] = v;
-    return top;
-}
-
-/* The words of m as byte symbols, their pairs counted, the heap filled. */
-static int trainer_init(trainer *tr, const wordmap *m) {
-    size_t total = m->keys.n;
-    tr->nw = m->n;
-    tr->sym = (int32_t *)malloc((total + 1) * sizeof *tr->sym);
-    tr->woff = (size_t *)malloc((m->n + 1) * sizeof *tr->woff);
-    tr->wlen = (uint32_t *)malloc((m->n + 1) * sizeof *tr->wlen);
-    tr->wcount = (int64_t *)malloc((m->n + 1) * sizeof *tr->wcount);
-    if (!tr->sym || !tr->woff || !tr->wlen || !tr->wcount) return -1;
-    for (size_t w = 0; w < m->n; w++) {
-        const unsigned char *k = (const unsigned char *)m->keys.p + m->off[w];
-        if (m->len[w] > UINT32_MAX) return -1;
-        tr->woff[w] = m->off[w];
-        tr->wlen[w] = (uint32_t)m->len[w];
-        tr->wcount[w] = m->count[w];
-        for (size_t i = 0; i < m->len[w]; i++) tr->sym[m->off[w] + i] = k[i];
-        for (size_t i = 0; i + 1 < m->len[w]; i++) {
-            long p = pair_index(tr, k[i], k[i + 1], 1);
-            if (p < 0 || wlist_add(&tr->pw[p], (int32_t)w)) return -1;
-            tr->pcnt[p] += m->count[w];
-        }
-    }
-    for (size_t p = 0; p < tr->np; p++)
-        if (h_push(tr, tr->pcnt[p], tr->pa[p], tr->pb[p])) return -1;
-    return 0;
-}
-
-/* Merge (a, b) -> x in every word that holds it, keeping the pair counts. */
-static int apply_merge(trainer *tr, long p, int32_t a, int32_t b, int32_t x) {
-    wlist l = tr->pw[p];
-    memset(&tr->pw[p], 0, sizeof tr->pw[p]);
-    for (uint32_t q = 0; q < l.n; q++) {
-        int32_t w = l.w[q], *s = tr->sym + tr->woff[l.w[q]];
-        uint32_t m = tr->wlen[w], k = 0, i;
-        int64_t c = tr->wcount[w];
-        int has = 0;
-        for (i = 0; i + 1 < m && !has; i++) has = s[i] == a && s[i + 1] == b;
-        if (!has) continue;
-        for (i = 0; i + 1 < m; i++) {
-            long r = pair_index(tr, s[i], s[i + 1], 0);
-            if (r >= 0) tr->pcnt[r] -= c;
-        }
-        for (i = 0; i < m;) {
-            if (s[i] == a && i + 1 < m && s[i + 1] == b) {
-                s[k++] = x;
-                i += 2;
-            } else {
-                s[k++] = s[i++];
-            }
-        }
-        tr->wlen[w] = m = k;
-        for (i = 0; i + 1 < m; i++) {
-            long r = pair_index(tr, s[i], s[i + 1], 1);
-            if (r < 0) goto nomem;
-            tr->pcnt[r] += c;
-            if (s[i] != x && s[i + 1] != x) continue;
-            if (wlist_add(&tr->pw[r], w)) goto nomem;
-            if (!(tr->pflag[r] & PF_TOUCHED)) {
-                if (grow((void **)&tr->touched, &tr->tcap, tr->ntouched + 1, sizeof *tr->touched))
-                    goto nomem;
-                tr->pflag[r] |= PF_TOUCHED;
-                tr->touched[tr->ntouched++] = (int32_t)r;
-            }
-        }
-    }
-    free(l.w);
-    for (size_t k = 0; k < tr->ntouched; k++) {
-        int32_t r = tr->touched[k];
-        tr->pflag[r] &= (uint8_t)~PF_TOUCHED;
-        if (tr->pcnt[r] > 0 && h_push(tr, tr->pcnt[r], tr->pa[r], tr->pb[r])) return -1;
-    }
-    tr->ntouched = 0;
-    return 0;
-nomem:
-    free(l.w);
-    return -1;
-}
-
-/* Is the byte-level string s one of the special tokens? */
-static int is_special_str(const specials *sp, const char *s, size_t n) {
-    for (int k = 0; k < sp->n; k++)
-        if (sp->len[k] == n && memcmp(sp->s[k], s, n) == 0) return 1;
-    return 0;
-}
-
-/* Merge until the vocabulary holds `target` tokens (specials aside). */
-static dpo_status train_merges(dpo_bpe *t, trainer *tr, int32_t target, int64_t min_frequency,
-                               const specials *sp, dpo_error *e) {
-    sbuf cat = {0};
-    while (t->n < target && tr->hn) {
-        hentry top = h_pop(tr);
-        long p = pair_index(tr, top.a, top.b, 0);
-        int32_t x;
-        if (dpo_interrupted) {
-            free(cat.p);
-            dpo_fail(e, DPO_ERR_ARG, 0, "interrupted");
-            return e->status;
-        }
-        if (p < 0 || (tr->pflag[p] & PF_FORBIDDEN)) continue;
-        if (tr->pcnt[p] != top.count) { /* a stale entry: requeue at its count */
-            if (tr->pcnt[p] > 0 && h_push(tr, tr->pcnt[p], top.a, top.b)) goto nomem;
-            continue;
-        }
-        if (top.count < min_frequency) break;
-        cat.n = 0;
-        if (sbuf_add(&cat, tok_str(t, top.a), t->tok[top.a].str_len) ||
-            sbuf_add(&cat, tok_str(t, top.b), t->tok[top.b].str_len))
-            goto nomem;
-        if (is_special_str(sp, cat.p, cat.n)) { /* never shadow a special token */
-            tr->pflag[p] |= PF_FORBIDDEN;
-            continue;
-        }
-        x = vmap_find(t, cat.p, cat.n);
-        if (x < 0) {
-            x = t->n;
-            if (set_token(t, x, cat.p, cat.n, 0, "train", e) != DPO_OK) {
-                free(cat.p);
-                return e->status;
-            }
-        }
-        if (add_merge(t, top.a, top.b, "train", 0, e) != DPO_OK) {
-            free(cat.p);
-            return e->status;
-        }
-        if (apply_merge(tr, p, top.a, top.b, x)) goto nomem;
-    }
-    free(cat.p);
-    return DPO_OK;
-nomem:
-    free(cat.p);
-    dpo_fail(e, DPO_ERR_MEM, 0, "out of memory training the merges");
-    return e->status;
-}
-
-/* The options and special tokens, checked; sp filled. */
-static dpo_status train_check(const dpo_bpe_train_opts *o, specials *sp, dpo_error *e) {
-    memset(sp, 0, sizeof *sp);
-    if (o->nspecial < 0 || o->nspecial > 4096) {
-        dpo_fail(e, DPO_ERR_ARG, 0, "at most 4096 special tokens (got %d)", o->nspecial);
-        return e->status;
-    }
-    if (o->vocab_size < 256 + o->nspecial || o->vocab_size >= MAX_ID) {
-        dpo_fail(e, DPO_ERR_ARG, 0,
-                 "vocab_size must be in %d..%d (256 bytes + %d special tokens at least), not %ld",
-                 256 + o->nspecial, MAX_ID - 1, o->nspecial, (long)o->vocab_size);
-        return e->status;
-    }
-    sp->s = o->special;
-    sp->n = o->nspecial;
-    sp->len = (size_t *)calloc((size_t)o->nspecial + 1, sizeof *sp->len);
-    if (!sp->len) {
-        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
-        return e->status;
-    }
-    for (int k = 0; k < o->nspecial; k++) {
-        const char *s = o->special[k];
-        size_t n = strlen(s), i = 0;
-        char b1[SHOWN + 4];
-        while (i < n) {
-            utf8proc_int32_t c;
-            utf8proc_ssize_t l =
-                utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
-            if (l <= 0) break;
-            i += (size_t)l;
-        }
-        if (n == 0 || i < n) {
-            dpo_fail(e, DPO_ERR_ARG, 0, "special token %d is %s", k + 1,
-                     n ? "not valid UTF-8" : "empty");
-            return e->status;
-        }
-        if (n <= 2 && bl_decode(s, n, b1) == 1) {
-            dpo_fail(e, DPO_ERR_ARG, 0, "special token '%s' is the name of a byte token", s);
-            return e->status;
-        }
-        for (int q = 0; q < k; q++)
-            if (strcmp(o->special[q], s) == 0) {
-                dpo_fail(e, DPO_ERR_ARG, 0, "special token '%s' is given twice", shown(s, n, b1));
-                return e->status;
-            }
-        sp->len[k] = n;
-        sp->first[(unsigned char)s[0]] = 1;
-        if (memchr(s, '\n', n)) sp->has_nl = 1;
-    }
-    return DPO_OK;
-}
-
-dpo_bpe *dpo_bpe_train(const dpo_bpe_corpus *c, const dpo_bpe_train_opts *o, dpo_error *e) {
-    specials sp;
-    wordmap wm = {0};
-    trainer tr;
-    spans v = {0};
-    dpo_bpe *t = NULL;
-    tables();
-    memset(&tr, 0, sizeof tr);
-    if (train_check(o, &sp, e) != DPO_OK) goto fail;
-    for (size_t k = 0; k < c->ntexts; k++)
-        if (add_spans(&v, (const unsigned char *)c->texts[k], c->lens[k], &sp)) goto nomem;
-    if (count_spans(&wm, &v, &sp)) goto nomem;
-    for (size_t k = 0; k < c->npaths; k++)
-        if (count_file(&wm, c->paths[k], &sp, e) != DPO_OK) goto fail;
-    if (!(t = bpe_new(e)) || add_byte_tokens(t, e) != DPO_OK) goto fail;
-    if (trainer_init(&tr, &wm)) goto nomem;
-    wm_free(&wm);
-    if (train_merges(t, &tr, o->vocab_size - o->nspecial,
-                     o->min_frequency > 1 ? o->min_frequency : 1, &sp, e) != DPO_OK)
-        goto fail;
-    for (int k = 0; k < o->nspecial; k++) {
-        int32_t id = t->n;
-        if (set_token(t, id, o->special[k], sp.len[k], 1, "special_tokens", e) != DPO_OK ||
-            add_added(t, id, 1, 0, 0, 0, 0, "special_tokens", e) != DPO_OK)
-            goto fail;
-    }
-    if (finish(t, "train", e) != DPO_OK) goto fail;
-    default_roles(t, NULL);
-    goto done;
-nomem:
-    dpo_fail(e, DPO_ERR_MEM, 0, "out of memory counting the corpus");
-fail:
-    dpo_bpe_free(t);
-    t = NULL;
-done:
-    trainer_free(&tr);
-    wm_free(&wm);
-    free(v.v);
-    free(sp.len);
+    bpe_default_roles(t, NULL);
     return t;
 }
