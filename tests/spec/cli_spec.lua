@@ -14,20 +14,10 @@ local function abspath(p)
    return pwd .. "/" .. p
 end
 
+local h = dofile("tests/spec/helper.lua")
+local read_file, write_file = h.read, h.write
+
 local DPOLUA = abspath(os.getenv("DPOLUA") or "build/dpolua")
-
-local function read_file(path)
-   local f = assert(io.open(path, "rb"))
-   local s = f:read("a")
-   f:close()
-   return s
-end
-
-local function write_file(path, text)
-   local f = assert(io.open(path, "wb"))
-   f:write(text)
-   f:close()
-end
 
 local function tmpdir()
    local p = io.popen("mktemp -d")

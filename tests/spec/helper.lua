@@ -12,6 +12,7 @@
 --   and that the message matches the Lua pattern (or contains it literally
 --   when plain is true); returns the message.
 -- h.read(path), h.write(path, s): a whole file, in binary.
+-- h.listing(dir): the names in dir, sorted, without "." and "..".
 -- h.tmpdir(): a new temporary directory; h.cleanup() removes every one made
 --   (call it from a teardown).
 local luassert = require "luassert"
@@ -110,6 +111,15 @@ function h.write(path, s)
    local f = assert(io.open(path, "wb"))
    f:write(s)
    f:close()
+end
+
+function h.listing(dir)
+   local names = {}
+   for name in require("lfs").dir(dir) do
+      if name ~= "." and name ~= ".." then names[#names + 1] = name end
+   end
+   table.sort(names)
+   return names
 end
 
 local made = {}

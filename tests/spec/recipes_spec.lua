@@ -5,6 +5,7 @@ local lfs = require "lfs"
 local cjson = require "cjson"
 
 local h = dofile("tests/spec/helper.lua")
+local list = h.listing
 local read, tmpdir = h.read, h.tmpdir
 teardown(h.cleanup)
 
@@ -18,7 +19,6 @@ local function abspath(p)
 end
 
 local DPOLUA = abspath(os.getenv("DPOLUA") or "build/dpolua")
-
 
 -- Temporary directories, removed when the file's tests are done.
 
@@ -34,15 +34,6 @@ local function run(script, args)
    os.remove(out)
    os.remove(err)
    return r
-end
-
-local function list(dir)
-   local names = {}
-   for name in lfs.dir(dir) do
-      if name ~= "." and name ~= ".." then names[#names + 1] = name end
-   end
-   table.sort(names)
-   return names
 end
 
 local function has(text, s)

@@ -8,6 +8,7 @@
 -- writer (an old file survives any failed save, no temporary file remains);
 -- misuse, which raises.
 local h = dofile("tests/spec/helper.lua")
+local read_file, write_file, listing = h.read, h.write, h.listing
 local cjson = require "cjson"
 local lfs = require "lfs"
 
@@ -22,29 +23,6 @@ local function tmpdir()
    local d = p:read("l")
    p:close()
    return d
-end
-
-local function read_file(path)
-   local f = assert(io.open(path, "rb"))
-   local s = f:read("a")
-   f:close()
-   return s
-end
-
-local function write_file(path, s)
-   local f = assert(io.open(path, "wb"))
-   f:write(s)
-   f:close()
-end
-
--- Names in dir, sorted, "." and ".." left out.
-local function listing(dir)
-   local names = {}
-   for name in lfs.dir(dir) do
-      if name ~= "." and name ~= ".." then names[#names + 1] = name end
-   end
-   table.sort(names)
-   return names
 end
 
 -- A safetensors file from a header text and a data section, byte by byte.
