@@ -292,6 +292,9 @@ int dpo_gpt_training(const dpo_gpt *m) {
 void dpo_gpt_seed_dropout(dpo_gpt *m, uint64_t seed) {
     dpo_rng_seed(&m->drop_rng, seed);
 }
+dpo_rng *dpo_gpt_dropout_rng(dpo_gpt *m) {
+    return &m->drop_rng;
+}
 
 void dpo_gpt_freeze(dpo_gpt *m) {
     m->frozen = 1;

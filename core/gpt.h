@@ -62,6 +62,8 @@ int dpo_gpt_frozen(const dpo_gpt *m);
 void dpo_gpt_set_training(dpo_gpt *m, int on);
 int dpo_gpt_training(const dpo_gpt *m);
 void dpo_gpt_seed_dropout(dpo_gpt *m, uint64_t seed);
+/* The dropout generator itself, for exact save and restore (a checkpoint). */
+dpo_rng *dpo_gpt_dropout_rng(dpo_gpt *m);
 
 /*
 ** Per-row sums of log p(ids[n,t] | ids[n,<t]) over t with mask[n,t] != 0

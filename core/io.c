@@ -151,6 +151,11 @@ dpo_status dpo_afile_commit(dpo_afile *f, dpo_error *e) {
     return st;
 }
 
+dpo_status dpo_sync_dir(const char *dir, dpo_error *e) {
+    int err = sync_dir(dir);
+    return err ? io_fail(e, dir, err) : DPO_OK;
+}
+
 dpo_status dpo_write_file_atomic(const char *path, const void *data, size_t n, dpo_error *e) {
     dpo_afile *f = dpo_afile_open(path, e);
     if (!f) return e ? e->status : DPO_ERR_IO;

@@ -25,5 +25,7 @@ void dpo_afile_abort(dpo_afile *f);
 
 /* The whole of data as path, atomically. */
 dpo_status dpo_write_file_atomic(const char *path, const void *data, size_t n, dpo_error *e);
+/* fsync a directory, so that renames and creations in it are durable. */
+dpo_status dpo_sync_dir(const char *dir, dpo_error *e);
 
 #endif

@@ -250,6 +250,39 @@ static int l_seed_dropout(lua_State *L) {
     return 0;
 }
 
+/*
+** m:dropout_state() -> string; m:set_dropout_state(s): the dropout
+** generator saved and restored exactly (checkpoints). The string is the
+** generator's words, little-endian as stored, with no padding bytes.
+*/
+static int l_dropout_state(lua_State *L) {
+    dpo_rng *r = dpo_gpt_dropout_rng(checkgpt(L, 1));
+    uint64_t w[6] = {r->s[0], r->s[1], r->s[2], r->s[3], r->seed, (uint64_t)(r->has_spare != 0)};
+    char buf[sizeof w + sizeof r->spare];
+    memcpy(buf, w, sizeof w);
+    memcpy(buf + sizeof w, &r->spare, sizeof r->spare);
+    lua_pushlstring(L, buf, sizeof buf);
+    return 1;
+}
+
+static int l_set_dropout_state(lua_State *L) {
+    dpo_gpt *m = checkgpt(L, 1);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    uint64_t w[6];
+    dpo_rng *r;
+    luaL_argcheck(L, n == sizeof w + sizeof(double), 2, "not a state from m:dropout_state()");
+    memcpy(w, s, sizeof w);
+    luaL_argcheck(L, (w[0] | w[1] | w[2] | w[3]) != 0 && w[5] <= 1, 2,
+                  "not a state from m:dropout_state()");
+    r = dpo_gpt_dropout_rng(m);
+    r->s[0] = w[0], r->s[1] = w[1], r->s[2] = w[2], r->s[3] = w[3];
+    r->seed = w[4];
+    r->has_spare = (int)w[5];
+    memcpy(&r->spare, s + sizeof w, sizeof r->spare);
+    return 0;
+}
+
 /* m:zero_grad() -> m */
 static int l_zero_grad(lua_State *L) {
     dpo_gpt *m = checkgpt(L, 1);
@@ -379,6 +412,7 @@ static const luaL_Reg meta[] = {
 static const luaL_Reg methods[] = {
     {"clone", l_clone},
     {"config", l_config},
+    {"dropout_state", l_dropout_state},
     {"eval", l_eval},
     {"freeze", l_freeze},
     {"generate", l_generate},
@@ -390,6 +424,7 @@ static const luaL_Reg methods[] = {
     {"num_params", l_num_params},
     {"parameters", l_parameters},
     {"seed_dropout", l_seed_dropout},
+    {"set_dropout_state", l_set_dropout_state},
     {"train", l_train},
     {"zero_grad", l_zero_grad},
     {NULL, NULL},

@@ -2,13 +2,16 @@
 ** l_init.c: luaopen_dpo_core, the entry of the C module `dpo.core`.
 ** Opens each binding family into one table; lua/dpo/init.lua builds the
 ** user-facing `dpo` table on top of it. Also the process-wide knobs:
-** thread count, a monotonic clock, and the direct-sgemm probe benchmarks use.
+** thread count, a monotonic clock, signal traps for training loops, and the
+** direct-sgemm probe benchmarks use.
 */
 #include "l_util.h"
 
 #include <cblas.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 int luaopen_dpo_core(lua_State *L);
@@ -33,6 +36,66 @@ static int l_clock(lua_State *L) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
     return 1;
+}
+
+/*
+** Signals in a training loop. dpo.trap_signals() turns the first SIGINT or
+** SIGTERM into a note that dpo.pending_signal() reads, so the loop can stop
+** at a step boundary and save a checkpoint; a second one (of either) puts
+** the default action back and raises it again, which ends the process at
+** once. dpo.release_signals() restores the actions the first trap found
+** (the interpreter's Ctrl-C handler, the prompt's). Traps nest.
+*/
+static volatile sig_atomic_t pending_signal = 0;
+static int trap_depth = 0;
+static struct sigaction saved_int, saved_term;
+
+static void on_signal(int sig) {
+    if (pending_signal != 0) { /* the second: stop now */
+        signal(sig, SIG_DFL);
+        raise(sig); /* delivered when this handler returns */
+        return;
+    }
+    pending_signal = sig;
+}
+
+/* dpo.trap_signals() -> depth */
+static int l_trap_signals(lua_State *L) {
+    if (trap_depth == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        pending_signal = 0;
+        sigaction(SIGINT, &sa, &saved_int);
+        sigaction(SIGTERM, &sa, &saved_term);
+    }
+    lua_pushinteger(L, ++trap_depth);
+    return 1;
+}
+
+/* dpo.release_signals() -> depth left; the pending note stays readable */
+static int l_release_signals(lua_State *L) {
+    if (trap_depth > 0 && --trap_depth == 0) {
+        sigaction(SIGINT, &saved_int, NULL);
+        sigaction(SIGTERM, &saved_term, NULL);
+    }
+    lua_pushinteger(L, trap_depth);
+    return 1;
+}
+
+/*
+** dpo.pending_signal([clear]) -> "SIGINT", 130 | "SIGTERM", 143 | nil: the
+** signal noted since the outermost trap began (the exit status a shell
+** gives a process it ends); clear = true forgets it.
+*/
+static int l_pending_signal(lua_State *L) {
+    int sig = pending_signal;
+    if (lua_toboolean(L, 1)) pending_signal = 0;
+    if (sig == 0) return 0;
+    lua_pushstring(L, sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal");
+    lua_pushinteger(L, 128 + sig);
+    return 2;
 }
 
 /*
@@ -75,6 +138,9 @@ static const luaL_Reg functions[] = {
     {"set_num_threads", l_set_num_threads},
     {"get_num_threads", l_get_num_threads},
     {"clock", l_clock},
+    {"trap_signals", l_trap_signals},
+    {"release_signals", l_release_signals},
+    {"pending_signal", l_pending_signal},
     {"sgemm_direct", l_sgemm_direct},
     {NULL, NULL},
 };

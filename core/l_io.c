@@ -204,10 +204,24 @@ static int l_write_file(lua_State *L) {
     return 1;
 }
 
+/*
+** dpo.core.sync_dir(path) -> true | nil, "path: reason": fsync a directory,
+** making the renames done in it durable (a checkpoint moved into place).
+*/
+static int l_sync_dir(lua_State *L) {
+    const char *path = checkpath(L, 1);
+    dpo_error e;
+    if (dpo_sync_dir(path, &e) != DPO_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, e.msg);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static const luaL_Reg functions[] = {
-    {"save", l_save},
-    {"load", l_load},
-    {"write_file", l_write_file},
+    {"save", l_save}, {"sync_dir", l_sync_dir}, {"load", l_load}, {"write_file", l_write_file},
     {NULL, NULL},
 };
 

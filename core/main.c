@@ -30,6 +30,13 @@ int luaopen_dpo_core(lua_State *L); /* l_init.c */
 static lua_State *globalL = NULL;
 
 /*
+** The exit status of an error object that carries one ({exit_code = 130,
+** ...}, e.g. a training run stopped by Ctrl-C after saving): the process
+** ends with it instead of 1.
+*/
+static int error_exit_code = 0;
+
+/*
 ** {==================================================================
 ** Messages and protected calls
 ** ===================================================================
@@ -58,10 +65,20 @@ int dpo_report(lua_State *L, int status) {
 
 /*
 ** Message handler used to run all chunks: turn a non-string error object
-** into a string (through __tostring when it has one) and add a traceback.
+** into a string (through __tostring when it has one, then without a
+** traceback) or add a traceback; note an error object's exit_code.
 */
 static int msghandler(lua_State *L) {
     const char *msg = lua_tostring(L, 1);
+    error_exit_code = 0;                /* the last error decides */
+    if (lua_type(L, 1) == LUA_TTABLE) { /* a stop that names its exit status? */
+        lua_pushliteral(L, "exit_code");
+        if (lua_rawget(L, 1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
+            lua_Integer code = lua_tointeger(L, -1);
+            if (code > 0 && code < 256) error_exit_code = (int)code;
+        }
+        lua_pop(L, 1);
+    }
     if (msg == NULL) { /* is error object not a string? */
         if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
             return 1; /* that is the message */
@@ -532,5 +549,6 @@ int main(int argc, char **argv) {
     result = lua_toboolean(L, -1);  /* get result */
     dpo_report(L, status);
     lua_close(L);
-    return (result && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
+    if (result && status == LUA_OK) return EXIT_SUCCESS;
+    return error_exit_code ? error_exit_code : EXIT_FAILURE;
 }
