@@ -69,7 +69,7 @@ static void set_contiguous_strides(dpo_tensor *t) {
 
 /* Check a shape and compute its element count; -1 (error filled) when bad. */
 static int64_t checked_numel(int ndim, const int64_t *shape, dpo_error *e) {
-    int64_t n = 1;
+    int64_t n = 1, strided = 1; /* strided: the product of the non-zero sizes */
     if (ndim < 0 || ndim > DPO_MAXDIM) {
         dpo_fail(e, DPO_ERR_ARG, 0, "%d dimensions (at most %d)", ndim, DPO_MAXDIM);
         return -1;
@@ -80,10 +80,12 @@ static int64_t checked_numel(int ndim, const int64_t *shape, dpo_error *e) {
                      i + 1);
             return -1;
         }
-        if (shape[i] > 0 && n > ((int64_t)1 << 40) / shape[i]) {
+        /* an empty tensor's strides still multiply its other sizes */
+        if (shape[i] > 0 && strided > ((int64_t)1 << 40) / shape[i]) {
             dpo_fail(e, DPO_ERR_MEM, 0, "tensor too large");
             return -1;
         }
+        if (shape[i] > 0) strided *= shape[i];
         n *= shape[i];
     }
     return n;

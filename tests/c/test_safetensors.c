@@ -414,6 +414,10 @@ static void test_malformed(void) {
     load_fails_hdr("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],"
                    "\"data_offsets\":[0,4]}}",
                    4, "tensor 'a' has shape 4294967296x4294967296x4294967296, too large");
+    /* empty, but its strides would overflow: refused, not computed */
+    load_fails_hdr("{\"a\":{\"dtype\":\"F32\",\"shape\":[0,1099511627776,1099511627776],"
+                   "\"data_offsets\":[0,0]}}",
+                   0, "tensor 'a': tensor too large");
     load_fails_hdr("{\"a\":{\"dtype\":\"F64\",\"shape\":[4611686018427387904],"
                    "\"data_offsets\":[0,4]}}",
                    4, "too large");
