@@ -221,7 +221,7 @@ static int l_sync_dir(lua_State *L) {
 }
 
 static const luaL_Reg functions[] = {
-    {"save", l_save}, {"sync_dir", l_sync_dir}, {"load", l_load}, {"write_file", l_write_file},
+    {"save", l_save}, {"load", l_load}, {"sync_dir", l_sync_dir}, {"write_file", l_write_file},
     {NULL, NULL},
 };
 

@@ -11,7 +11,14 @@
 --
 -- It writes OUT/metrics.jsonl (every logged step and evaluation), OUT/report.html
 -- (plots and the final table), OUT/run.json (the options) and
--- OUT/checkpoint-STEP (after SFT and after DPO; Hugging Face layout).
+-- OUT/checkpoint-STEP (after SFT and after DPO, and every --save_every steps;
+-- Hugging Face layout).
+--
+-- Stopping and going on: the first Ctrl-C (or SIGTERM) ends the step in
+-- progress, saves a checkpoint and exits with status 130 (143); a second one
+-- exits at once. `dpolua recipes/hh.lua --resume runs/hh` continues a run from
+-- its newest complete checkpoint with the options in its run.json, and ends
+-- with the weights an uninterrupted run would have.
 --
 -- By default it trains a tiny GPT-2 from scratch, with a BPE tokenizer trained
 -- on the data, on the bundled sample (examples/data/hh-sample), in about two
@@ -25,6 +32,7 @@
 --   hh.main(arg, {["dpo.loss"] = "ipo"})
 local cli = require "dpo.cli"
 local lfs = require "lfs"
+local cjson = require("cjson").new()
 
 local M = {}
 
@@ -48,6 +56,8 @@ M.spec = {
    { "model", "", "a Hugging Face GPT-2 directory (weights and tokenizer); empty: a tiny model from scratch" },
    { "out", "runs/hh", "the run directory" },
    { "overwrite", false, "replace an existing run directory" },
+   { "resume", "", "continue the run in this directory from its newest checkpoint, with its options " ..
+     "(run.json); only --threads and --progress may be given too" },
    { "seed", 0, "seed of the model, the data order and sampling" },
    { "threads", 0, "threads for the numbers (0: OMP_NUM_THREADS, else one per core)" },
    { "batch_size", either(16, 8), "pairs per micro-batch", show = "16, or 8 with --model",
@@ -150,6 +160,64 @@ local function say(...)
    io.stdout:flush()
 end
 
+-- A value as --name=VALUE writes it, numbers exactly.
+local function arg_value(v)
+   if type(v) ~= "number" then return tostring(v) end
+   if v == math.floor(v) and math.abs(v) < 2^53 then return string.format("%d", v) end
+   for digits = 15, 17 do
+      local text = string.format("%." .. digits .. "g", v)
+      if tonumber(text) == v then return text end
+   end
+   return string.format("%.17g", v)
+end
+
+-- What a resumed run may change: nothing that alters its numbers.
+local MAY_CHANGE = { resume = true, out = true, overwrite = true, threads = true, progress = true }
+
+-- The options of the run being resumed (o.resume): those of its run.json, and
+-- --threads/--progress from the command line.
+local function resume_options(o, defaults)
+   local dir = o.resume:gsub("/+$", "")
+   if lfs.attributes(dir, "mode") ~= "directory" then die(("--resume=%s: no such run directory"):format(dir)) end
+   local path = dir .. "/run.json"
+   local f = io.open(path, "rb")
+   if not f then die(("--resume=%s: no run.json there (not a run directory)"):format(dir)) end
+   local okj, saved = pcall(cjson.decode, f:read("a"))
+   f:close()
+   if not okj or type(saved) ~= "table" then die(path .. ": not the options of a run") end
+   local argv = {}
+   for _, e in ipairs(M.spec) do
+      local name, v = e[1], saved[e[1]]
+      if MAY_CHANGE[name] then
+         if o._given[name] then argv[#argv + 1] = "--" .. name .. "=" .. arg_value(o._flat[name]) end
+      elseif o._given[name] and (v == nil or arg_value(o._flat[name]) ~= arg_value(v)) then
+         die(("--%s=%s: a resumed run keeps its options (%s has %s); leave it out, or start a new run"):format(
+            name, arg_value(o._flat[name]), path, v == nil and "none" or arg_value(v)))
+      elseif v ~= nil then
+         argv[#argv + 1] = "--" .. name .. "=" .. arg_value(v)
+      end
+   end
+   local r, msg = cli.try_parse(argv, M.spec, defaults)
+   if not r then die(path .. ": " .. tostring(msg)) end
+   r.out, r.resume = dir, dir
+   r._flat.out, r._flat.resume = dir, ""
+   return r
+end
+
+-- A training phase run protected: its result, or the exit of the process
+-- (with the message, and how to go on, when a signal stopped it).
+local function phase(fn, opts, how_to_resume)
+   local ok, result = pcall(fn, opts)
+   if ok then return result end
+   if type(result) == "table" and result.exit_code then
+      io.stdout:flush()
+      io.stderr:write(tostring(result), "\n")
+      if result.checkpoint then io.stderr:write("resume with: ", how_to_resume, "\n") end
+      os.exit(result.exit_code)
+   end
+   die(tostring(result))
+end
+
 local function fmt_time(s)
    if s >= 60 then return ("%dm%02ds"):format(s // 60, math.floor(s % 60)) end
    return ("%.1fs"):format(s)
@@ -159,15 +227,46 @@ end
 
 function M.main(argv, defaults)
    local o = cli.parse(argv, M.spec, defaults)
+   if o.resume ~= "" then o = resume_options(o, defaults) end
    local t0 = dpo.clock()
    if o.threads > 0 then dpo.set_num_threads(o.threads) end
    dpo.manual_seed(o.seed)
    local progress = o.progress ~= "auto" and o.progress or nil
+   -- from here a first Ctrl-C or SIGTERM is a request to stop at a step boundary
+   dpo.trap_signals()
+   local how_to_resume = ("dpolua %s --resume %s"):format(arg and arg[0] or "recipes/hh.lua", o.out)
+   local function stop_here(where, checkpoint)
+      local sig, code = dpo.pending_signal()
+      if not sig then return end
+      io.stdout:flush()
+      io.stderr:write(("stopped by %s %s; the last checkpoint is %s\nresume with: %s\n"):format(
+         sig, where, checkpoint, how_to_resume))
+      os.exit(code)
+   end
 
    -- the data files and the run directory: a mistake is reported before any work
    local train_path, test_path = data_files(o.data)
-   local ok, run = pcall(dpo.log.open, o.out, { overwrite = o.overwrite, config = o._flat })
-   if not ok then die((tostring(run):gsub("^.-:%d+: ", ""))) end
+   local latest, run
+   if o.resume ~= "" then
+      local why
+      latest, why = dpo.train.latest_checkpoint(o.out, function(text) say("%s", text) end)
+      if latest then
+         local st = latest.state
+         local okr, r = pcall(dpo.log.open, o.out, { resume = st.log_history or {}, elapsed = st.elapsed })
+         if not okr then die((tostring(r):gsub("^.-:%d+: ", ""))) end
+         run = r
+         say("resuming %s from %s (%s, step %s)", o.out, latest.path, tostring(st.phase),
+             tostring(math.tointeger(st.global_step) or st.global_step))
+      else
+         say("%s: starting the run from the beginning", why)
+      end
+   end
+   if not run then
+      local okr, r = pcall(dpo.log.open, o.out, { overwrite = o.overwrite or o.resume ~= "", config = o._flat })
+      if not okr then die((tostring(r):gsub("^.-:%d+: ", ""))) end
+      run = r
+   end
+   local st = latest and latest.state
 
    -- data
    local train_raw, err1 = dpo.data.hh(train_path)
@@ -229,15 +328,36 @@ function M.main(argv, defaults)
       return t
    end
 
+   -- copies the weights of a checkpoint's model into model
+   local function take_weights(from)
+      local src = {}
+      for _, np in ipairs(from:named_parameters()) do src[np[1]] = np[2] end
+      dpo.no_grad(function()
+         for _, np in ipairs(model:named_parameters()) do np[2]:copy(src[np[1]]) end
+      end)
+   end
+
    -- 1. SFT
    say("\n== SFT: %s ==", o.sft.steps > 0 and (o.sft.steps .. " steps") or (o.sft.epochs .. " epoch(s)"))
-   local oks, sft = pcall(dpo.train.sft, phase_opts{
-      model = model, max_steps = o.sft.steps > 0 and o.sft.steps or nil, epochs = o.sft.epochs,
-      optimizer = o.sft.optimizer, lr = lr_schedule(o.sft.lr, o.sft.warmup),
-   })
-   if not oks then die(tostring(sft)) end
+   local sft
+   if st and (st.kind == "dpo" or st.complete) then
+      -- done before: the model it ended with is the checkpoint's, or the DPO phase's reference
+      local path = st.kind == "sft" and latest.path or (st.reference and st.reference.source)
+      local okm, m = true, latest.model
+      if st.kind == "dpo" then okm, m = pcall(dpo.gpt.load, tostring(path)) end
+      if not okm then die(("cannot resume: the SFT checkpoint the DPO phase began from: %s"):format(tostring(m))) end
+      take_weights(m)
+      sft = { checkpoint = path, step = math.tointeger(st.kind == "sft" and st.global_step or st.first_step) }
+      say("done before: %s", path)
+   else
+      sft = phase(dpo.train.sft, phase_opts{
+         model = model, max_steps = o.sft.steps > 0 and o.sft.steps or nil, epochs = o.sft.epochs,
+         optimizer = o.sft.optimizer, lr = lr_schedule(o.sft.lr, o.sft.warmup), resume = latest,
+      }, how_to_resume)
+   end
    local sft_model = model:clone(true)
    local sft_checkpoint = sft.checkpoint
+   stop_here("after SFT", sft_checkpoint)
 
    local function write_report(final, samples)
       local facts = {
@@ -271,8 +391,16 @@ function M.main(argv, defaults)
       dpo_opts.ref = sft_model:clone(true)
       dpo_opts.sync_ref = { tau = o.dpo.sync_tau, alpha = o.dpo.sync_alpha }
    end
-   local okd, result = pcall(dpo.train.dpo, dpo_opts)
-   if not okd then die(tostring(result)) end
+   local result
+   if st and st.kind == "dpo" and st.complete then
+      take_weights(latest.model)
+      result = { checkpoint = latest.path }
+      say("done before: %s", latest.path)
+   else
+      if st and st.kind == "dpo" then dpo_opts.resume = latest end
+      result = phase(dpo.train.dpo, dpo_opts, how_to_resume)
+   end
+   stop_here("after DPO", result.checkpoint)
 
    -- 3. evaluation: SFT and DPO on the held-out pairs
    say("\n== Evaluation on %d held-out pairs ==", #eval_ds)
@@ -305,6 +433,7 @@ function M.main(argv, defaults)
                                                            seed = o.seed })
    write_report(final, samples)
    run:close()
+   dpo.release_signals()
 
    say("\n%s\n", dpo.report.text_table(final))
    say("Samples (greedy, held-out prompts):\n%s\n", dpo.eval.format_samples(samples, {

@@ -71,7 +71,8 @@
 -- (before truncation).
 --
 -- Batches: ds:batches(n, {shuffle = false, seed = 0, epoch = 1, drop_last =
--- false, sft = false}) yields tables
+-- false, sft = false, skip = 0}) yields tables (skip: batches of the epoch
+-- passed over first, as a resumed run does)
 --   ids              int32 [2B, T]  rows 1..B prompt+chosen, B+1..2B prompt+rejected,
 --                                   right-padded to the longest row with the
 --                                   tokenizer's pad id (else eos)
@@ -850,6 +851,10 @@ local function batch_opts(self, n, opts, fname)
    if math.type(epoch) ~= "integer" then
       argerror(2, fname, "epoch must be an integer, got " .. tostring(epoch))
    end
+   local skip = opts.skip or 0
+   if math.type(skip) ~= "integer" or skip < 0 then
+      argerror(2, fname, "skip must be an integer >= 0, got " .. tostring(skip))
+   end
    return opts, check_seed(opts.seed, 2, fname), epoch
 end
 
@@ -869,7 +874,7 @@ function Dataset:batches(n, opts)
    local list, total = self._pairs, #self._pairs
    local order = opts.shuffle and permutation(total, seed, epoch) or nil
    local drop_last, sft = opts.drop_last, opts.sft
-   local at = 0
+   local at = math.min((opts.skip or 0) * n, total)
    return function()
       local B = math.min(n, total - at)
       if B <= 0 or (drop_last and B < n) then return nil end

@@ -9,6 +9,11 @@
 --       and refuses when anything else is there. config, when given, is
 --       written to run.json. run.dir, run.path (metrics.jsonl), run.records
 --       (every record logged, in order), run.started (dpo.clock() at open).
+--   dpo.log.open("runs/hh", {resume = records, elapsed = seconds})
+--       goes on with an existing run: metrics.jsonl is rewritten (atomically)
+--       to hold exactly `records` (those of the checkpoint resumed from; any
+--       logged after it are dropped, as the resumed run logs them again),
+--       and run:elapsed() continues from `elapsed`. Nothing else is touched.
 --   run:log(record)        append one record: a table of numbers, strings and
 --                          booleans; non-finite numbers are written as null.
 --                          The keys `step` and `phase` come first, then the
@@ -17,7 +22,9 @@
 --   run:close()
 --   dpo.log.memory()       a run that keeps records in memory only (no files)
 --   dpo.log.read(path)     the records of a metrics.jsonl file (a list)
---   dpo.log.encode(record) the JSON line of a record
+--   dpo.log.encode(record [, exact])  the JSON line of a record; numbers
+--                          with 8 significant digits, or with as many as
+--                          read back to the same double when exact
 --
 --   local bar = dpo.log.progress{total = 300, phase = "dpo", mode = nil,
 --                                stream = io.stderr, every = nil, first = 0}
@@ -107,11 +114,17 @@ end
 
 -- ---- JSON ----------------------------------------------------------------------------
 
-local function encode_value(v)
+local function encode_value(v, exact)
    if type(v) == "number" then
       if v ~= v or v == math.huge or v == -math.huge then return "null" end
       if math.type(v) == "integer" then return tostring(v) end
       if v == math.floor(v) and math.abs(v) < 1e15 then return format("%.1f", v) end
+      if exact then
+         for digits = 15, 17 do
+            local s = format("%." .. digits .. "g", v)
+            if tonumber(s) == v then return s end
+         end
+      end
       return format("%.8g", v)
    end
    if type(v) == "table" then return cjson.encode(v) end
@@ -119,7 +132,7 @@ local function encode_value(v)
 end
 
 -- log.encode(record) -> one line of JSON, `step` and `phase` first.
-function log.encode(rec)
+function log.encode(rec, exact)
    local keys = {}
    for k in pairs(rec) do
       if type(k) == "string" and k ~= "step" and k ~= "phase" then keys[#keys + 1] = k end
@@ -128,7 +141,7 @@ function log.encode(rec)
    if rec.phase ~= nil then table.insert(keys, 1, "phase") end
    if rec.step ~= nil then table.insert(keys, 1, "step") end
    local parts = {}
-   for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ":" .. encode_value(rec[k]) end
+   for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ":" .. encode_value(rec[k], exact) end
    return log.unescape_slashes("{" .. table.concat(parts, ",") .. "}")
 end
 
@@ -164,6 +177,9 @@ end
 
 -- ---- runs --------------------------------------------------------------------------------
 
+-- Record fields that are integers (JSON read back gives floats).
+local INTEGER_KEYS = { step = true, num_tokens = true, skipped_steps = true, ["eval/pairs"] = true }
+
 local Run = {}
 Run.__index = Run
 Run.__name = "dpo.log.Run"
@@ -184,8 +200,9 @@ function Run:log(rec)
    for k, v in pairs(rec) do copy[k] = v end
    self.records[#self.records + 1] = copy
    if self.file then
-      self.file:write(log.encode(copy), "\n")
-      self.file:flush()
+      local ok, err = self.file:write(log.encode(copy), "\n")
+      if ok then ok, err = self.file:flush() end
+      if not ok then error(format("dpo.log: cannot write %s: %s", self.path, tostring(err)), 2) end
    end
    return copy
 end
@@ -210,6 +227,44 @@ function log.open(dir, opts)
    local mode = lfs.attributes(dir, "mode")
    if mode and mode ~= "directory" then
       error(format("dpo.log.open: %s exists and is not a directory", dir), 2)
+   end
+   if opts.resume ~= nil then
+      if type(opts.resume) ~= "table" then
+         error("dpo.log.open: resume must be a list of records, got " .. type(opts.resume), 2)
+      end
+      if mode ~= "directory" then error(format("dpo.log.open: %s: no such run directory", dir), 2) end
+      local path = dir .. "/metrics.jsonl"
+      -- the lines already written for these records are kept as they are;
+      -- records read back from JSON are written anew (integers restored)
+      local old = {}
+      local fin = io.open(path, "rb")
+      if fin then
+         for line in fin:lines() do
+            if line:find("%S") then old[#old + 1] = line end
+         end
+         fin:close()
+      end
+      local lines, records = {}, {}
+      for i, rec in ipairs(opts.resume) do
+         local copy = {}
+         for k, v in pairs(rec) do
+            if INTEGER_KEYS[k] and math.type(v) == "float" then v = math.tointeger(v) or v end
+            copy[k] = v
+         end
+         records[i] = copy
+         local line = old[i]
+         local okd, was = pcall(cjson.decode, line or "")
+         if not (okd and type(was) == "table" and was.step == copy.step and was.phase == copy.phase) then
+            line = log.encode(copy)
+         end
+         lines[i] = line .. "\n"
+      end
+      local ok, err = core.write_file(path, table.concat(lines))
+      if not ok then error("dpo.log.open: " .. err, 2) end
+      local f, e = io.open(path, "ab")
+      if not f then error("dpo.log.open: " .. e, 2) end
+      return setmetatable({ dir = dir, path = path, file = f, records = records,
+                            started = core.clock() - (tonumber(opts.elapsed) or 0) }, Run)
    end
    if mode == "directory" then
       local names = list_dir(dir)
@@ -241,7 +296,7 @@ function log.open(dir, opts)
       if not ok then error("dpo.log.open: cannot create " .. err, 2) end
    end
    if opts.config ~= nil then
-      local ok, err = core.write_file(dir .. "/run.json", log.encode(opts.config) .. "\n")
+      local ok, err = core.write_file(dir .. "/run.json", log.encode(opts.config, true) .. "\n")
       if not ok then error("dpo.log.open: " .. err, 2) end
    end
    local path = dir .. "/metrics.jsonl"

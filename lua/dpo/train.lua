@@ -98,6 +98,7 @@ cjson.encode_sparse_array(true)
 local train = {}
 
 local format = string.format
+local STATE_FORMAT = "dpolua.trainer_state.v1"
 
 local function finite(x)
    return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
@@ -119,6 +120,32 @@ end
 
 local function unhex(s)
    return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- Numbers that must come back exactly from trainer_state.json (JSON keeps 14
+-- digits): a float is written as "f:" and the hex of its 8 bytes.
+local function exact(t)
+   if t == nil then return nil end
+   local out = {}
+   for k, v in pairs(t) do
+      if math.type(v) == "float" then v = "f:" .. hex(string.pack("<d", v)) end
+      out[k] = v
+   end
+   return out
+end
+
+local function unexact(t)
+   if type(t) ~= "table" then return nil end
+   local out = {}
+   for k, v in pairs(t) do
+      if type(v) == "string" and v:match("^f:%x+$") and #v == 18 then
+         v = string.unpack("<d", unhex(v:sub(3)))
+      elseif math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
+         v = math.tointeger(v) -- cjson reads every number as a float
+      end
+      out[k] = v
+   end
+   return out
 end
 
 -- ---- hashing (cache keys) ---------------------------------------------------------
@@ -340,41 +367,125 @@ function train.save_checkpoint(dir, parts)
    end)
    if not good then
       log.rmtree(tmp)
-      error("save_checkpoint: " .. tostring(msg), 2)
+      error("save_checkpoint: " .. tostring(msg):gsub("^[^\n]-%.lua:%d+: ", ""), 2)
    end
    local old
    if lfs.attributes(dir) then
       old = format("%s/.%s.old", parent, name)
       log.rmtree(old)
       local moved, e = os.rename(dir, old)
-      if not moved then error("save_checkpoint: " .. tostring(e), 2) end
+      if not moved then
+         log.rmtree(tmp)
+         error("save_checkpoint: " .. tostring(e), 2)
+      end
    end
    local moved, e = os.rename(tmp, dir)
-   if not moved then error("save_checkpoint: " .. tostring(e), 2) end
+   if not moved then
+      if old then os.rename(old, dir) end -- the previous one stays where it was
+      log.rmtree(tmp)
+      error("save_checkpoint: " .. tostring(e), 2)
+   end
+   local synced, se = core.sync_dir(parent)
    if old then log.rmtree(old) end
+   if not synced then error("save_checkpoint: " .. tostring(se), 2) end
    return dir
 end
 
--- dpo.train.load_checkpoint(dir) -> {model, tokenizer, state, optimizer_state}
+-- dpo.train.load_checkpoint(dir) -> {path, model, tokenizer, state,
+-- optimizer_state, ref_tensors}
 function train.load_checkpoint(dir)
+   if type(dir) ~= "string" then error("load_checkpoint: expected a directory path, got " .. type(dir), 2) end
+   dir = dir:gsub("/+$", "")
    local f, err = io.open(dir .. "/trainer_state.json", "rb")
    if not f then error("load_checkpoint: " .. err, 2) end
-   local state = cjson.decode(f:read("a"))
+   local text = f:read("a")
    f:close()
-   local out = { model = gpt.load(dir), state = state }
-   if lfs.attributes(dir .. "/tokenizer.json", "mode") == "file" then
-      out.tokenizer = require("dpo.tokenizer").load(dir .. "/tokenizer.json")
+   local okj, state = pcall(cjson.decode, text)
+   if not okj or type(state) ~= "table" then
+      error(format("load_checkpoint: %s/trainer_state.json: not a trainer state (%s)", dir,
+                   okj and "not a JSON object" or tostring(state)), 2)
    end
-   if state.optimizer then
+   -- JSON gives every number as a float: the state's whole numbers are integers
+   local function integers(t)
+      for k, v in pairs(t) do
+         if math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
+            t[k] = math.tointeger(v)
+         elseif type(v) == "table" and k ~= "log_history" then
+            integers(v)
+         end
+      end
+   end
+   integers(state)
+   local okm, model = pcall(gpt.load, dir)
+   if not okm then error("load_checkpoint: " .. tostring(model), 2) end
+   local out = { path = dir, model = model, state = state }
+   if lfs.attributes(dir .. "/tokenizer.json", "mode") == "file" then
+      local okt, tok = pcall(require("dpo.tokenizer").load, dir .. "/tokenizer.json")
+      if not okt then error("load_checkpoint: " .. tostring(tok), 2) end
+      out.tokenizer = tok
+   end
+   if type(state.optimizer) == "table" then
       local tensors = {}
       if lfs.attributes(dir .. "/optimizer.safetensors", "mode") == "file" then
          local t, e = core.load(dir .. "/optimizer.safetensors")
          if not t then error("load_checkpoint: " .. e, 2) end
          tensors = t
+      elseif next(state.optimizer.state or {}) then
+         error(format("load_checkpoint: %s/optimizer.safetensors is missing", dir), 2)
       end
       out.optimizer_state = optimizer_state_dict(tensors, state.optimizer)
    end
+   if lfs.attributes(dir .. "/ref_model.safetensors", "mode") == "file" then
+      local t, e = core.load(dir .. "/ref_model.safetensors")
+      if not t then error("load_checkpoint: " .. e, 2) end
+      out.ref_tensors = t
+   end
    return out
+end
+
+-- dpo.train.latest_checkpoint(run_dir [, say]) -> the newest checkpoint of
+-- the run that loads (as load_checkpoint gives it) | nil, reason. A newer
+-- one that does not load is passed over with a message to say(text). What
+-- an interrupted save left behind is tidied first: .checkpoint-N.tmp
+-- directories are removed, and a .checkpoint-N.old (a save killed between
+-- its two renames) goes back to checkpoint-N.
+function train.latest_checkpoint(run_dir, say)
+   if type(run_dir) ~= "string" then
+      error("latest_checkpoint: expected a run directory, got " .. type(run_dir), 2)
+   end
+   run_dir = run_dir:gsub("/+$", "")
+   say = say or function() end
+   if lfs.attributes(run_dir, "mode") ~= "directory" then
+      return nil, run_dir .. ": no such run directory"
+   end
+   local names = {}
+   for name in lfs.dir(run_dir) do names[#names + 1] = name end
+   for _, name in ipairs(names) do
+      local step, suffix = name:match("^%.checkpoint%-(%d+)%.(%a+)$")
+      if suffix == "tmp" then
+         log.rmtree(run_dir .. "/" .. name)
+      elseif suffix == "old" then
+         local dest = format("%s/checkpoint-%s", run_dir, step)
+         if lfs.attributes(dest) then
+            log.rmtree(run_dir .. "/" .. name)
+         else
+            os.rename(run_dir .. "/" .. name, dest)
+         end
+      end
+   end
+   local list = train.checkpoints(run_dir)
+   if #list == 0 then return nil, run_dir .. ": no checkpoint to resume from" end
+   local reasons = {}
+   for i = #list, 1, -1 do
+      local ok, ck = pcall(train.load_checkpoint, list[i].path)
+      if ok and type(ck.state) == "table" and ck.state.format == STATE_FORMAT then
+         return ck
+      end
+      local why = ok and "not a dpolua trainer state" or tostring(ck)
+      reasons[#reasons + 1] = list[i].path .. ": " .. why
+      say(format("warning: passing over %s: %s", list[i].path, why))
+   end
+   return nil, "no checkpoint of " .. run_dir .. " loads (" .. table.concat(reasons, "; ") .. ")"
 end
 
 -- dpo.train.checkpoints(run_dir) -> list of {step = n, path = p}, by step
@@ -455,7 +566,8 @@ local KNOWN = {
               "optimizer_options", "lr", "max_grad_norm", "shuffle", "seed", "eval_every",
               "eval_pairs", "eval_batch_size", "eval_first", "log_every", "run", "out", "overwrite",
               "tokenizer", "save_every", "save", "global_step", "phase", "dropout",
-              "max_bad_steps", "progress", "quiet", "on_log", "on_eval", "model" },
+              "max_bad_steps", "progress", "quiet", "on_log", "on_eval", "model", "resume",
+              "stop_on_signal" },
    dpo = { "policy", "loss", "loss_options", "beta", "ref", "precompute_ref", "ref_cache",
            "ref_source", "sync_ref" },
 }
@@ -515,9 +627,57 @@ local function run_phase(kind, o)
    if clip == nil then clip = 1.0 end
    if clip == 0 then clip = false end
 
+   -- resuming: the checkpoint's weights now; its optimizer state, data
+   -- position, generators and counters below
+   local resume, rst = o.resume, nil
+   if resume ~= nil then
+      if type(resume) == "string" then
+         local ok, ck = pcall(train.load_checkpoint, resume)
+         if not ok then fail(fname, "resume: %s", tostring(ck)) end
+         resume = ck
+      end
+      if type(resume) ~= "table" or type(resume.state) ~= "table" or resume.state.format ~= STATE_FORMAT then
+         fail(fname, "resume must be a checkpoint directory or dpo.train.load_checkpoint(dir)")
+      end
+      rst = resume.state
+      local where = resume.path or "the checkpoint"
+      if rst.kind ~= kind then fail(fname, "%s is a checkpoint of a %s phase, not %s", where, tostring(rst.kind), kind) end
+      local d = rst.data or {}
+      local mine = { batch_size = bs, grad_accum = accum, seed = seed, shuffle = shuffle, pairs = #ds }
+      for _, k in ipairs{ "batch_size", "grad_accum", "seed", "shuffle", "pairs" } do
+         if d[k] ~= mine[k] then
+            fail(fname, "%s was made with %s = %s, this run has %s: it would not continue the same run",
+                 where, k == "pairs" and "data pairs" or k, tostring(d[k]), tostring(mine[k]))
+         end
+      end
+      if resume.model then
+         local src = {}
+         for _, np in ipairs(resume.model:named_parameters()) do src[np[1]] = np[2] end
+         core.no_grad(function()
+            for _, np in ipairs(model:named_parameters()) do
+               local t = src[np[1]]
+               if not t or table.concat(t:size(), "x") ~= table.concat(np[2]:size(), "x") then
+                  fail(fname, "%s does not fit the model: parameter %s is %s there", where, np[1],
+                       t and table.concat(t:size(), "x") or "missing")
+               end
+               np[2]:copy(t)
+            end
+         end)
+      end
+      if o.global_step ~= nil and o.global_step ~= rst.first_step then
+         fail(fname, "%s continues a phase that began after step %s, not global_step %s", where,
+              tostring(rst.first_step), tostring(o.global_step))
+      end
+      first = math.tointeger(rst.first_step) or first
+   end
+
    -- the run: metrics.jsonl and checkpoints
    local run = o.run
-   if run == nil and o.out then run = log.open(o.out, { overwrite = o.overwrite }) end
+   if run == nil and o.out and rst then
+      run = log.open(o.out, { resume = rst.log_history or {}, elapsed = rst.elapsed })
+   elseif run == nil and o.out then
+      run = log.open(o.out, { overwrite = o.overwrite })
+   end
    if run == nil then run = log.memory() end
 
    local progress = log.progress{ total = total, phase = phase, first = first,
@@ -536,6 +696,17 @@ local function run_phase(kind, o)
       loss_name = type(loss) == "string" and loss or "custom"
       beta_s = as_schedule(o.beta or 0.1, "beta", fname)
       ref = o.ref
+      if ref == nil and rst then
+         -- the reference was the policy as the phase began: the checkpoint names it
+         local src = rst.reference and rst.reference.source
+         if type(src) ~= "string" or lfs.attributes(src, "mode") ~= "directory" then
+            fail(fname, "resuming needs the reference model: pass ref = (the model the phase began " ..
+                 "with%s)", type(src) == "string" and (", " .. src) or "")
+         end
+         local ok, m = pcall(gpt.load, src)
+         if not ok then fail(fname, "resume: the reference: %s", tostring(m)) end
+         ref = m:freeze()
+      end
       local needs_ref = not NO_REF[loss_name]
       if ref == false or not needs_ref then
          ref, ref_mode = nil, "none"
@@ -552,6 +723,19 @@ local function run_phase(kind, o)
          if math.type(sync.tau) ~= "integer" or sync.tau < 1 then fail(fname, "sync_ref.tau must be an integer >= 1") end
          if not (sync.alpha > 0 and sync.alpha <= 1) then fail(fname, "sync_ref.alpha must be in (0, 1]") end
          ref_mode = "sync"
+         if rst then
+            if not (resume.ref_tensors) then
+               fail(fname, "%s has no ref_model.safetensors, which a TR-DPO run resumes from",
+                    resume.path or "the checkpoint")
+            end
+            core.no_grad(function()
+               for _, np in ipairs(ref:named_parameters()) do
+                  local t = resume.ref_tensors[np[1]]
+                  if not t then fail(fname, "ref_model.safetensors lacks %s", np[1]) end
+                  np[2]:copy(t)
+               end
+            end)
+         end
       end
       if o.precompute_ref and ref then
          local dir = o.ref_cache
@@ -577,13 +761,20 @@ local function run_phase(kind, o)
    local lr_s = as_schedule(o.lr or (sft and 1e-3 or 1e-6), "lr", fname)
    local params = model:parameters()
    local opt, opt_name = make_optimizer(o.optimizer, params, o.optimizer_options, lr_s(1, nil), fname)
+   if rst and resume.optimizer_state then
+      local ok, err = pcall(opt.load_state_dict, opt, resume.optimizer_state)
+      if not ok then fail(fname, "resume: the optimizer state: %s", tostring(err)) end
+   end
 
    if o.dropout then model:train(true) else model:eval() end
    model:zero_grad()
 
    -- the data position
    local epoch, in_epoch = 1, 0
-   local iter = ds:batches(bs, { shuffle = shuffle, seed = seed, epoch = epoch, sft = sft })
+   if rst then
+      epoch, in_epoch = math.tointeger(rst.data.epoch) or 1, math.tointeger(rst.data.batch) or 0
+   end
+   local iter = ds:batches(bs, { shuffle = shuffle, seed = seed, epoch = epoch, sft = sft, skip = in_epoch })
    local function next_batch()
       local b = iter()
       if b == nil then
@@ -671,9 +862,13 @@ local function run_phase(kind, o)
    -- the trainer's state, for trainer_state.json
    local skipped, bad_in_row, num_tokens = 0, 0, 0
    local last_sync = 0
-   local function trainer_state(step, s)
+   -- running means between log records
+   local sums, nsum, window_tokens, window_time = {}, 0, 0, 0
+   local last_record
+   local loss_state = o.loss_options and type(o.loss_options.state) == "table" and o.loss_options.state or nil
+   local function trainer_state(step, s, complete)
       return {
-         format = "dpolua.trainer_state.v1",
+         format = STATE_FORMAT,
          phase = phase, kind = kind, global_step = step, phase_step = s, first_step = first,
          max_steps = total, epoch = (epoch - 1) + in_epoch / nb,
          data = { epoch = epoch, batch = in_epoch, batches_per_epoch = nb, batch_size = bs,
@@ -685,31 +880,86 @@ local function run_phase(kind, o)
                                    sync = sync, last_sync = last_sync } or nil,
          options = plain_options(o),
          elapsed = run:elapsed(),
+         complete = complete or false,
+         -- what the steps after this one read, kept exactly
+         dropout_state = hex(model:dropout_state()),
+         last_metrics = exact(last_metrics),
+         window = { sums = exact(sums), steps = nsum, tokens = window_tokens },
+         loss_state = exact(loss_state),
+         last_record = last_record, last_eval = last_eval,
          log_history = run.records,
       }
    end
 
-   local last_checkpoint
-   local function checkpoint(step, s)
+   local last_checkpoint = rst and resume.path or nil
+   local function checkpoint(step, s, complete)
       if not run.dir then return nil end
       local path = format("%s/checkpoint-%d", run.dir, step)
-      train.save_checkpoint(path, {
+      local ok, err = pcall(train.save_checkpoint, path, {
          model = model, tokenizer = o.tokenizer or ds:tokenizer(), optimizer = opt,
-         state = trainer_state(step, s), ref = ref_mode == "sync" and ref or nil,
+         state = trainer_state(step, s, complete), ref = ref_mode == "sync" and ref or nil,
       })
+      if not ok then
+         progress:finish()
+         fail(fname, "cannot save %s: %s%s", path, tostring(err):gsub("^save_checkpoint: ", ""),
+              last_checkpoint and format("; the last complete checkpoint is %s", last_checkpoint)
+                 or "; no checkpoint of this phase was saved before")
+      end
       last_checkpoint = path
       say("saved " .. path)
       return path
    end
 
-   if o.eval_data and o.eval_first ~= false then evaluate(first) end
+   -- the counters of a resumed phase
+   local s0 = 0
+   if rst then
+      s0 = math.tointeger(rst.phase_step) or 0
+      skipped = math.tointeger(rst.skipped_steps) or 0
+      bad_in_row = math.tointeger(rst.bad_steps_in_row) or 0
+      num_tokens = math.tointeger(rst.num_tokens) or 0
+      last_sync = math.tointeger(rst.reference and rst.reference.last_sync) or 0
+      last_metrics = unexact(rst.last_metrics)
+      local w = rst.window or {}
+      sums, nsum, window_tokens = unexact(w.sums) or {}, math.tointeger(w.steps) or 0, math.tointeger(w.tokens) or 0
+      last_record, last_eval = rst.last_record, rst.last_eval
+      if loss_state then
+         for k, v in pairs(unexact(rst.loss_state) or {}) do loss_state[k] = v end
+      end
+      if rst.rng_state then core.set_rng_state(unhex(rst.rng_state)) end
+      if rst.dropout_state then model:set_dropout_state(unhex(rst.dropout_state)) end
+      if s0 > total then
+         fail(fname, "%s is at step %d of this phase, past its %d steps", resume.path or "the checkpoint",
+              s0, total)
+      end
+      say(format("resuming %s at step %d of %d (global step %d) from %s", phase, s0, total, first + s0,
+                 resume.path or "a checkpoint"))
+   end
 
-   -- running means between log records
-   local sums, nsum, window_tokens, window_time = {}, 0, 0, 0
-   local last_record
+   if o.eval_data and o.eval_first ~= false and not rst then evaluate(first) end
+
+   -- Ctrl-C and SIGTERM: the step in progress ends, a checkpoint is saved,
+   -- and the phase raises a stop ({exit_code = 130 or 143, ...}); a second
+   -- signal ends the process at once.
+   local trap = o.stop_on_signal ~= false
+   local trap_guard <close> = trap and core.trap_signals()
+      and setmetatable({}, { __close = function() core.release_signals() end }) or nil
+   local function stop_if_signalled(step, s, saved, at_end)
+      if not trap then return end
+      local sig, code = core.pending_signal()
+      if not sig then return end
+      progress:finish()
+      local path = saved
+      if not at_end and not path then path = checkpoint(step, s) end
+      error(setmetatable({
+         signal = sig, exit_code = code, step = step, phase = phase, checkpoint = path, run_dir = run.dir,
+         message = format("%s: stopped by %s after step %d (%s step %d of %d)%s", phase, sig, step, phase,
+                          s, total, path and ("; saved " .. path) or "; no run directory, nothing saved"),
+      }, { __tostring = function(e) return e.message end }), 0)
+   end
+
    local t_start = core.clock()
 
-   for s = 1, total do
+   for s = s0 + 1, total do
       local step_t0 = core.clock()
       local step = first + s
       local lr = lr_s(s, last_metrics)
@@ -792,11 +1042,15 @@ local function run_phase(kind, o)
       progress:update(step, last_record or last_metrics)
 
       if eval_every > 0 and s % eval_every == 0 and s ~= total then evaluate(step) end
-      if save_every > 0 and s % save_every == 0 and s ~= total then checkpoint(step, s) end
+      local saved
+      if save_every > 0 and s % save_every == 0 and s ~= total then saved = checkpoint(step, s) end
+      stop_if_signalled(step, s, saved)
    end
    progress:finish()
    if o.eval_data then evaluate(first + total) end
-   if o.save ~= false then checkpoint(first + total, total) end
+   local final
+   if o.save ~= false then final = checkpoint(first + total, total, true) end
+   stop_if_signalled(first + total, total, final, true)
    if not quiet then
       say(format("%s: %d steps in %.1fs%s", phase, total, core.clock() - t_start,
                  skipped > 0 and format(" (%d skipped)", skipped) or ""))
@@ -805,7 +1059,7 @@ local function run_phase(kind, o)
       model = model, optimizer = opt, step = first + total, steps = total, metrics = last_record,
       eval = last_eval, skipped = skipped, checkpoint = last_checkpoint,
       elapsed = core.clock() - t_start, run = run, ref = ref, optimizer_name = opt_name,
-      state = trainer_state(first + total, total),
+      state = trainer_state(first + total, total, true),
    }
 end
 
