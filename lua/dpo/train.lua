@@ -40,6 +40,21 @@
 --   max_bad_steps [5]        a step whose loss or gradient is not finite is
 --                            skipped (with a warning, counted in
 --                            skipped_steps); this many in a row stop the run
+--   resume                   a checkpoint of this kind of phase (its directory,
+--                            or dpo.train.load_checkpoint(dir)): the model's
+--                            weights, the optimizer, the data position, the
+--                            generators, the counters and the records come
+--                            back, and the phase goes on from its step to the
+--                            weights it would have ended with unstopped (with
+--                            `out`, metrics.jsonl is cut back to the records of
+--                            the checkpoint; the data, batch_size, grad_accum
+--                            and seed must be those of the checkpoint)
+--   stop_on_signal [true]    the first SIGINT or SIGTERM ends the step, saves
+--                            a checkpoint and raises a stop: a table with
+--                            signal, exit_code (130 or 143; dpolua exits with
+--                            it), step, phase, checkpoint, run_dir and message
+--                            (also its tostring); a second signal ends the
+--                            process at once
 --   progress                 "bar", "lines", "off" or nil (a bar on a TTY)
 --   quiet [false]            no progress and no messages (for tests)
 --   on_log, on_eval          function(record) called with each record
@@ -52,9 +67,11 @@
 --   beta [0.1]               a number or a schedule b(step, metrics)
 --   ref                      the reference model (a frozen one is used as it is,
 --                            another is copied frozen); nil: a frozen clone of
---                            the policy as it is when training starts; false: none
---                            (log-probs 0; the reference-free losses simpo,
---                            orpo, cpo and sft never use one)
+--                            the policy as it is when training starts (when
+--                            resuming: loaded from the checkpoint's
+--                            ref_source); false: none (log-probs 0; the
+--                            reference-free losses simpo, orpo, cpo and sft
+--                            never use one)
 --   precompute_ref [false]   compute the reference log-probs of every train
 --                            and eval pair once, before training, and cache
 --                            them on disk (ref_cache); the reference model is
@@ -84,6 +101,10 @@
 --   dpo.train.save_checkpoint(dir, {model, tokenizer, optimizer, state})
 --   dpo.train.load_checkpoint(dir) -> {model, tokenizer, state, optimizer_state}
 --   dpo.train.checkpoints(run_dir) -> sorted list of {step, path}
+--   dpo.train.latest_checkpoint(run_dir [, say]) -> the newest that loads
+-- A checkpoint whose save fails (a full disk) is an error that names the last
+-- complete one, which stays as it was. The final checkpoint of a phase has
+-- complete = true in its trainer_state.json.
 local core = require "dpo.core"
 local cjson = require("cjson").new()
 local lfs = require "lfs"
