@@ -973,8 +973,8 @@ local function run_phase(kind, o)
       if not at_end and not path then path = checkpoint(step, s) end
       error(setmetatable({
          signal = sig, exit_code = code, step = step, phase = phase, checkpoint = path, run_dir = run.dir,
-         message = format("%s: stopped by %s after step %d (%s step %d of %d)%s", phase, sig, step, phase,
-                          s, total, path and ("; saved " .. path) or "; no run directory, nothing saved"),
+         message = format("stopped by %s after step %d (%s: %d of %d steps)%s", sig, step, phase, s, total,
+                          path and ("; saved " .. path) or "; no run directory, nothing saved"),
       }, { __tostring = function(e) return e.message end }), 0)
    end
 
