@@ -401,6 +401,8 @@ function M.main(argv, defaults)
       result = phase(dpo.train.dpo, dpo_opts, how_to_resume)
    end
    stop_here("after DPO", result.checkpoint)
+   -- the training is saved: from here Ctrl-C interrupts at once, as in any script
+   dpo.release_signals()
 
    -- 3. evaluation: SFT and DPO on the held-out pairs
    say("\n== Evaluation on %d held-out pairs ==", #eval_ds)
@@ -433,7 +435,6 @@ function M.main(argv, defaults)
                                                            seed = o.seed })
    write_report(final, samples)
    run:close()
-   dpo.release_signals()
 
    say("\n%s\n", dpo.report.text_table(final))
    say("Samples (greedy, held-out prompts):\n%s\n", dpo.eval.format_samples(samples, {
