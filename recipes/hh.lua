@@ -171,6 +171,14 @@ local function arg_value(v)
    return string.format("%.17g", v)
 end
 
+-- The command that ran this script (arg's lowest index), else "dpolua".
+local function interpreter()
+   if not arg or not arg[-1] then return "dpolua" end
+   local i = -1
+   while arg[i - 1] do i = i - 1 end
+   return arg[i]
+end
+
 -- What a resumed run may change: nothing that alters its numbers.
 local MAY_CHANGE = { resume = true, out = true, overwrite = true, threads = true, progress = true }
 
@@ -234,7 +242,7 @@ function M.main(argv, defaults)
    local progress = o.progress ~= "auto" and o.progress or nil
    -- from here a first Ctrl-C or SIGTERM is a request to stop at a step boundary
    dpo.trap_signals()
-   local how_to_resume = ("dpolua %s --resume %s"):format(arg and arg[0] or "recipes/hh.lua", o.out)
+   local how_to_resume = ("%s %s --resume %s"):format(interpreter(), arg and arg[0] or "recipes/hh.lua", o.out)
    local function stop_here(where, checkpoint)
       local sig, code = dpo.pending_signal()
       if not sig then return end

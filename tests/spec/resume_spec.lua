@@ -127,7 +127,7 @@ describe("a run of recipes/hh.lua", function()
          local ck = dir .. "/checkpoint-" .. case.step
          assert.is_true(has(r.err, "stopped by SIGINT after step " .. case.step), r.err)
          assert.is_true(has(r.err, "saved " .. ck), r.err)
-         assert.is_true(has(r.err, "resume with: dpolua recipes/hh.lua --resume " .. dir), r.err)
+         assert.is_true(has(r.err, "resume with: " .. DPOLUA .. " recipes/hh.lua --resume " .. dir), r.err)
          assert.are.equal("directory", lfs.attributes(ck, "mode"))
          assert.is_nil(lfs.attributes(dir .. "/" .. FINAL))
          local state = cjson.decode(read(ck .. "/trainer_state.json"))
