@@ -141,6 +141,19 @@ describe("a run of recipes/hh.lua", function()
       end)
    end
 
+   it("with precomputed or TR-DPO references resumes to the same weights too", function()
+      for _, mode in ipairs{ "precompute", "sync" } do
+         local a, b = tmpdir() .. "/a", tmpdir() .. "/b"
+         ok_run(hh(with{ "--out=" .. a, "--dpo.ref=" .. mode, "--dpo.sync_tau=5" }))
+         local r = hh(with{ "--out=" .. b, "--dpo.ref=" .. mode, "--dpo.sync_tau=5" },
+                      { HOOK_STEP = 20, HOOK_SIGNALS = "INT" })
+         assert.are.equal(130, r.code, r.err)
+         ok_run(hh({ "--resume=" .. b }))
+         same_file(a .. "/" .. FINAL .. "/model.safetensors", b .. "/" .. FINAL .. "/model.safetensors")
+         assert.are.same(metrics(a), metrics(b))
+      end
+   end)
+
    it("stopped by SIGTERM exits 143 after saving", function()
       local dir = tmpdir() .. "/run"
       local r = hh(with{ "--out=" .. dir }, { HOOK_STEP = 10, HOOK_SIGNALS = "TERM" })
