@@ -419,10 +419,13 @@ static int64_t checkindex(lua_State *L, int i, lua_Integer k, int64_t n) {
 static int l_index(lua_State *L) {
     int isint;
     lua_Integer k;
-    if (lua_type(L, 2) == LUA_TNUMBER && (k = lua_tointegerx(L, 2, &isint), isint)) {
+    if (lua_type(L, 2) == LUA_TNUMBER) {
         dpo_tensor *t = dpo_l_checktensor(L, 1);
         dpo_error e;
         int64_t i;
+        k = lua_tointegerx(L, 2, &isint);
+        if (!isint) /* t[1.5], t[0/0]: a typo, not a missing field */
+            return luaL_error(L, "index %s is not an integer", luaL_tolstring(L, 2, NULL));
         if (t->ndim == 0) return luaL_error(L, "cannot index a scalar tensor (use :item())");
         i = checkindex(L, 0, k, t->shape[0]);
         if (t->ndim == 1) {
@@ -600,6 +603,8 @@ static int l_clamp(lua_State *L) {
     dpo_error e;
     dpo_ag_params p = {0};
     if (!has_lo && !has_hi) return luaL_argerror(L, 2, "at least one of min and max is required");
+    luaL_argcheck(L, !isnan(lo), 2, "min is NaN");
+    luaL_argcheck(L, !isnan(hi), 3, "max is NaN");
     p.has_lo = has_lo, p.lo = lo, p.has_hi = has_hi, p.hi = hi;
     return push_rec1(L, dpo_clamp(t, has_lo, lo, has_hi, hi, &e), &e, 1, DPO_OP_CLAMP, t, &p);
 }
@@ -957,6 +962,7 @@ static int l_int(lua_State *L) {
 /* t:to(dtype) */
 static int l_to(lua_State *L) {
     dpo_l_checktensor(L, 1);
+    luaL_checkstring(L, 2); /* the dtype is required: t:to() converts to nothing */
     return cast(L, checkdtype(L, 2, DPO_F32));
 }
 

@@ -268,6 +268,10 @@ static int infer_shape(const dpo_tensor *t, int ndim, int64_t *shape, const char
             infer = i;
         } else if (shape[i] < 0) {
             return dpo_fail(e, DPO_ERR_ARG, 2, "negative size %lld", (long long)shape[i]), -1;
+        } else if (shape[i] > ((int64_t)1 << 40)) { /* no tensor has that many elements */
+            return dpo_fail(e, DPO_ERR_ARG, 2, "size %lld is too large", (long long)shape[i]), -1;
+        } else if (shape[i] > 0 && known > INT64_MAX / shape[i]) {
+            known = INT64_MAX; /* saturated: matches no numel, but a later 0 still gives 0 */
         } else {
             known *= shape[i];
         }
