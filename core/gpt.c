@@ -1289,11 +1289,11 @@ int32_t *dpo_gpt_generate(dpo_gpt *m, const int32_t *prompt, int n_prompt, const
     *n_out = 0;
     if (n_prompt < 1) return dpo_fail(e, DPO_ERR_SHAPE, 1, "the prompt needs at least one token");
     if (o->max_new_tokens < 0) return dpo_fail(e, DPO_ERR_ARG, 2, "max_new_tokens must be >= 0");
-    total = n_prompt + o->max_new_tokens;
-    if (total > ctx)
+    if (n_prompt > ctx || o->max_new_tokens > ctx - n_prompt) /* no int overflow in the sum */
         return dpo_fail(e, DPO_ERR_ARG, 2,
                         "prompt (%d tokens) + max_new_tokens (%d) exceeds the model's n_ctx (%d)",
                         n_prompt, o->max_new_tokens, ctx);
+    total = n_prompt + o->max_new_tokens;
     for (int t = 0; t < n_prompt; t++)
         if (prompt[t] < 0 || prompt[t] >= V)
             return dpo_fail(e, DPO_ERR_RANGE, 1, "token id %d at position %d is out of range 0..%d",

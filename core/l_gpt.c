@@ -16,8 +16,10 @@
 #include "gpt.h"
 #include "l_util.h"
 
+#include <float.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,24 +47,26 @@ static void pushgpt(lua_State *L, dpo_gpt *m, const dpo_error *e) {
            (int)(dpo_gpt_num_params(m) / 256 > 1000000 ? 1000000 : dpo_gpt_num_params(m) / 256));
 }
 
-static int intfield(lua_State *L, int t, const char *k, int def, int required) {
+/* Option k of the table at t, a non-negative int (def when nil); fn names the caller. */
+static int intfield(lua_State *L, int t, const char *fn, const char *k, int def, int required) {
     int isint;
     lua_Integer v;
     lua_getfield(L, t, k);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
-        if (required) luaL_error(L, "dpo.gpt.new: option '%s' is required", k);
+        if (required) luaL_error(L, "%s: option '%s' is required", fn, k);
         return def;
     }
     v = lua_tointegerx(L, -1, &isint);
     if (!isint || v < 0 || v > 2147483647)
-        luaL_error(L, "dpo.gpt.new: option '%s' must be a non-negative integer (got %s)", k,
+        luaL_error(L, "%s: option '%s' must be a non-negative integer (got %s)", fn, k,
                    luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
     return (int)v;
 }
 
-static double numfield(lua_State *L, int t, const char *k, double def) {
+/* Option k, a finite number (def when nil). */
+static double numfield(lua_State *L, int t, const char *fn, const char *k, double def) {
     double v;
     int ok;
     lua_getfield(L, t, k);
@@ -71,9 +75,35 @@ static double numfield(lua_State *L, int t, const char *k, double def) {
         return def;
     }
     v = lua_tonumberx(L, -1, &ok);
-    if (!ok) luaL_error(L, "option '%s' must be a number (got %s)", k, luaL_typename(L, -1));
+    if (!ok)
+        luaL_error(L, "%s: option '%s' must be a number (got %s)", fn, k, luaL_typename(L, -1));
+    if (!isfinite(v)) luaL_error(L, "%s: option '%s' must be finite (got %f)", fn, k, v);
     lua_pop(L, 1);
     return v;
+}
+
+/* Option k, a number a float32 holds (def when nil). */
+static float floatfield(lua_State *L, int t, const char *fn, const char *k, double def) {
+    double v = numfield(L, t, fn, k, def);
+    if (fabs(v) > FLT_MAX) luaL_error(L, "%s: option '%s' is too large (got %f)", fn, k, v);
+    return (float)v;
+}
+
+/* Option k, any integer (a seed; 0 when nil). */
+static uint64_t seedfield(lua_State *L, int t, const char *fn, const char *k) {
+    int isint;
+    lua_Integer v;
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    v = lua_tointegerx(L, -1, &isint);
+    if (!isint)
+        luaL_error(L, "%s: option '%s' must be an integer (got %s)", fn, k,
+                   luaL_tolstring(L, -1, NULL));
+    lua_pop(L, 1);
+    return (uint64_t)v;
 }
 
 /* Refuse option names that are not in `known` (catches typos). */
@@ -97,22 +127,21 @@ static int l_gpt_new(lua_State *L) {
     static const char *const known[] = {"vocab_size", "n_ctx",   "n_layer", "n_head",
                                         "n_embd",     "dropout", "seed",    "layer_norm_epsilon",
                                         NULL};
+    static const char *const fn = "dpo.gpt.new";
     dpo_gpt_config c;
     dpo_error e;
-    lua_Integer seed;
+    uint64_t seed;
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, "dpo.gpt.new", known);
-    c.vocab_size = intfield(L, 1, "vocab_size", 0, 1);
-    c.n_ctx = intfield(L, 1, "n_ctx", 0, 1);
-    c.n_layer = intfield(L, 1, "n_layer", 0, 1);
-    c.n_head = intfield(L, 1, "n_head", 0, 1);
-    c.n_embd = intfield(L, 1, "n_embd", 0, 1);
-    c.dropout = (float)numfield(L, 1, "dropout", 0.0);
-    c.eps = (float)numfield(L, 1, "layer_norm_epsilon", 1e-5);
-    lua_getfield(L, 1, "seed");
-    seed = lua_isnil(L, -1) ? 0 : luaL_checkinteger(L, -1);
-    lua_pop(L, 1);
-    pushgpt(L, dpo_gpt_new(&c, (uint64_t)seed, &e), &e);
+    check_keys(L, 1, fn, known);
+    c.vocab_size = intfield(L, 1, fn, "vocab_size", 0, 1);
+    c.n_ctx = intfield(L, 1, fn, "n_ctx", 0, 1);
+    c.n_layer = intfield(L, 1, fn, "n_layer", 0, 1);
+    c.n_head = intfield(L, 1, fn, "n_head", 0, 1);
+    c.n_embd = intfield(L, 1, fn, "n_embd", 0, 1);
+    c.dropout = floatfield(L, 1, fn, "dropout", 0.0);
+    c.eps = floatfield(L, 1, fn, "layer_norm_epsilon", 1e-5);
+    seed = seedfield(L, 1, fn, "seed");
+    pushgpt(L, dpo_gpt_new(&c, seed, &e), &e);
     return 1;
 }
 
@@ -124,10 +153,17 @@ static int l_gc(lua_State *L) {
 }
 
 static int l_tostring(lua_State *L) {
-    dpo_gpt *m = checkgpt(L, 1);
-    const dpo_gpt_config *c = dpo_gpt_cfg(m);
-    double n = (double)dpo_gpt_num_params(m);
+    dpo_gpt **p = (dpo_gpt **)luaL_checkudata(L, 1, GPT_MT);
+    dpo_gpt *m = *p;
+    const dpo_gpt_config *c;
+    double n;
     char size[32];
+    if (!m) { /* a closed model still prints, as a closed file does */
+        lua_pushliteral(L, "dpo.GPT (freed)");
+        return 1;
+    }
+    c = dpo_gpt_cfg(m);
+    n = (double)dpo_gpt_num_params(m);
     if (n >= 1e6)
         snprintf(size, sizeof size, "%.1fM params", n / 1e6);
     else
@@ -317,13 +353,18 @@ static int32_t *check_ids(lua_State *L, int i, int *n) {
         int64_t len = dpo_tensor_numel(t);
         if (t->dtype != DPO_I32 || (t->ndim != 1 && !(t->ndim == 2 && t->shape[0] == 1)))
             luaL_argerror(L, i, "expected token ids: an int32 tensor [T] or [1, T], or a table");
+        luaL_argcheck(L, len <= INT32_MAX / 8, i, "too many token ids");
         ids = (int32_t *)lua_newuserdatauv(L, sizeof(int32_t) * (size_t)(len + 1), 0);
         for (int64_t k = 0; k < len; k++) ids[k] = (int32_t)dpo_tensor_get(t, k);
         *n = (int)len;
         return ids;
     }
     luaL_argexpected(L, lua_istable(L, i), i, "dpo.Tensor or table of token ids");
-    *n = (int)luaL_len(L, i);
+    {
+        lua_Integer len = luaL_len(L, i); /* a __len may say anything */
+        luaL_argcheck(L, len >= 0 && len <= INT32_MAX / 8, i, "too many token ids");
+        *n = (int)len;
+    }
     ids = (int32_t *)lua_newuserdatauv(L, sizeof(int32_t) * (size_t)(*n + 1), 0);
     for (int k = 0; k < *n; k++) {
         int isint;
@@ -368,13 +409,11 @@ static int l_generate(lua_State *L) {
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         check_keys(L, 3, "generate", known);
-        o.max_new_tokens = intfield(L, 3, "max_new_tokens", 32, 0);
-        o.temperature = numfield(L, 3, "temperature", 0.0);
-        o.top_k = intfield(L, 3, "top_k", 0, 0);
-        o.top_p = numfield(L, 3, "top_p", 1.0);
-        lua_getfield(L, 3, "seed");
-        o.seed = lua_isnil(L, -1) ? 0 : (uint64_t)luaL_checkinteger(L, -1);
-        lua_pop(L, 1);
+        o.max_new_tokens = intfield(L, 3, "generate", "max_new_tokens", 32, 0);
+        o.temperature = numfield(L, 3, "generate", "temperature", 0.0);
+        o.top_k = intfield(L, 3, "generate", "top_k", 0, 0);
+        o.top_p = numfield(L, 3, "generate", "top_p", 1.0);
+        o.seed = seedfield(L, 3, "generate", "seed");
         lua_getfield(L, 3, "use_cache");
         if (!lua_isnil(L, -1)) o.use_cache = lua_toboolean(L, -1);
         lua_pop(L, 1);

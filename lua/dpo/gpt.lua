@@ -25,8 +25,11 @@ local lfs = require "lfs"
 local gpt = {}
 
 function gpt.new(config)
-   assert(type(config) == "table", "dpo.gpt.new: expected a table of options")
-   return core.gpt_new(config)
+   if type(config) ~= "table" then
+      error("dpo.gpt.new: expected a table of options, got " .. type(config), 2)
+   end
+   local m = core.gpt_new(config)
+   return m
 end
 
 local function read_file(path)
@@ -60,11 +63,21 @@ local function config_from_hf(c, path)
    end
    local function int(key, ...)
       for _, k in ipairs{ key, ... } do
-         local v = c[k]
-         if math.type(v) == "integer" then return v end
-         if type(v) == "number" and v == math.floor(v) then return math.tointeger(v) end
+         local v = math.tointeger(c[k])
+         if v then
+            if v < 1 or v > 2147483647 then fail(("%s is %d, not a positive integer"):format(k, v)) end
+            return v
+         end
       end
       fail(("%s is missing or not an integer"):format(key))
+   end
+   local function num(key, default)
+      local v = c[key]
+      if v == nil or v == cjson.null then return default end
+      if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge then
+         fail(("%s is %s, not a finite number"):format(key, tostring(v)))
+      end
+      return v
    end
    return {
       vocab_size = int("vocab_size"),
@@ -72,19 +85,25 @@ local function config_from_hf(c, path)
       n_layer = int("n_layer"),
       n_head = int("n_head"),
       n_embd = int("n_embd"),
-      layer_norm_epsilon = tonumber(c.layer_norm_epsilon) or 1e-5,
-      dropout = tonumber(c.resid_pdrop) or 0,
+      layer_norm_epsilon = num("layer_norm_epsilon", 1e-5),
+      dropout = num("resid_pdrop", 0),
    }
 end
 
 function gpt.load(dir)
-   assert(type(dir) == "string", "dpo.gpt.load: expected a directory path")
+   if type(dir) ~= "string" or dir:find("\0", 1, true) then
+      error("dpo.gpt.load: expected a directory path, got " .. (type(dir) == "string" and
+            "a path with a zero byte" or type(dir)), 2)
+   end
    local cpath, wpath = dir .. "/config.json", dir .. "/model.safetensors"
    local ok, conf = pcall(cjson.decode, read_file(cpath))
    if not ok or type(conf) ~= "table" then
       error(("dpo.gpt.load: %s: not valid JSON (%s)"):format(cpath, tostring(conf)), 2)
    end
-   local model = core.gpt_new(config_from_hf(conf, cpath))
+   local ok_new, model = pcall(core.gpt_new, config_from_hf(conf, cpath))
+   if not ok_new then -- a config the engine refuses (n_head not dividing n_embd, ...)
+      error(("dpo.gpt.load: %s: %s"):format(cpath, tostring(model):gsub("^.-%((.*)%)$", "%1")), 2)
+   end
    local tensors, err = core.load(wpath)
    if not tensors then error("dpo.gpt.load: " .. err, 2) end
    local list, params = model:named_parameters()
@@ -147,7 +166,11 @@ local function hf_config(model)
 end
 
 local function save(model, dir)
-   assert(type(dir) == "string", "save: expected a directory path")
+   if type(dir) ~= "string" or dir:find("\0", 1, true) then
+      error("save: expected a directory path, got " .. (type(dir) == "string" and
+            "a path with a zero byte" or type(dir)), 2)
+   end
+   model:config() -- a freed model raises here, before anything is made
    local attr = lfs.attributes(dir)
    if not attr then
       local ok, err = lfs.mkdir(dir)
