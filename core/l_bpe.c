@@ -86,11 +86,19 @@ static int opt_flag(lua_State *L, int i, const char *key, int def) {
     return v;
 }
 
+/* A path argument: a string without zero bytes (the engine takes C strings). */
+static const char *checkpath(lua_State *L, int i) {
+    size_t len;
+    const char *s = luaL_checklstring(L, i, &len);
+    if (strlen(s) != len) luaL_argerror(L, i, "path contains a zero byte");
+    return s;
+}
+
 /* ---- constructors ------------------------------------------------------------------- */
 
 /* tokenizer.load(path): a tokenizer.json file or a directory. */
 static int l_load(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
+    const char *path = checkpath(L, 1);
     dpo_bpe **box = newbox(L);
     dpo_error e;
     return fill(L, box, dpo_bpe_load(path, &e), &e, 1);
@@ -98,7 +106,7 @@ static int l_load(lua_State *L) {
 
 /* tokenizer.from_files(vocab_json, merges_txt): GPT-2's two files. */
 static int l_from_files(lua_State *L) {
-    const char *v = luaL_checkstring(L, 1), *m = luaL_checkstring(L, 2);
+    const char *v = checkpath(L, 1), *m = checkpath(L, 2);
     dpo_bpe **box = newbox(L);
     dpo_error e;
     return fill(L, box, dpo_bpe_load_gpt2(v, m, &e), &e, 1);
@@ -244,7 +252,11 @@ static int32_t *check_ids(lua_State *L, int i, size_t *n) {
         luaL_argerror(L, i,
                       lua_pushfstring(L, "a dpo.Tensor or a table of ids expected, got %s",
                                       luaL_typename(L, i)));
-    *n = (size_t)luaL_len(L, i);
+    {
+        lua_Integer len = luaL_len(L, i); /* a __len may say anything */
+        luaL_argcheck(L, len >= 0 && len <= INT32_MAX, i, "too many ids");
+        *n = (size_t)len;
+    }
     ids = (int32_t *)lua_newuserdatauv(L, (*n + 1) * sizeof *ids, 0);
     for (size_t k = 0; k < *n; k++) {
         int isint;
@@ -323,7 +335,7 @@ static int l_special_tokens(lua_State *L) {
 
 static int l_save(lua_State *L) {
     dpo_bpe *t = check(L, 1);
-    const char *path = luaL_checkstring(L, 2);
+    const char *path = checkpath(L, 2);
     dpo_error e;
     if (dpo_bpe_save(t, path, &e) != DPO_OK) return dpo_l_raise(L, &e, 0);
     lua_settop(L, 1);

@@ -53,9 +53,17 @@ local function strings(list, what, k)
    return out
 end
 
+local TRAIN_OPTS = { vocab_size = true, min_frequency = true, special_tokens = true }
+
 function tokenizer.train(corpus, opts)
    opts = opts or {}
    if type(opts) ~= "table" then argerror(2, "table of options expected, got " .. type(opts)) end
+   for k in pairs(opts) do
+      if not TRAIN_OPTS[k] then
+         argerror(2, "unknown option '" .. tostring(k) ..
+                  "' (options: min_frequency, special_tokens, vocab_size)")
+      end
+   end
    local texts, paths
    if type(corpus) == "string" then
       texts, paths = { corpus }, {}
