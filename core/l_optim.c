@@ -11,10 +11,20 @@
 **   optim_grad_scale(params, coef): every params' .grad *= coef
 **   optim_clip_coef(norm, max_norm) -> the factor clip_grad_norm applies
 ** Each step updates p and the state tensors in place, in one C loop. These
-** check types and shapes; the option values are validated by optim.lua.
+** check types, shapes and that the numbers are finite; the option ranges
+** are validated by optim.lua.
 */
 #include "l_util.h"
 #include "optim.h"
+
+#include <math.h>
+
+/* A hyperparameter: a finite number (NaN or inf would spread through the tensors). */
+static double checkfinite(lua_State *L, int i) {
+    double v = luaL_checknumber(L, i);
+    luaL_argcheck(L, isfinite(v), i, "must be a finite number");
+    return v;
+}
 
 /* An optional tensor argument: nil gives NULL. */
 static dpo_tensor *opttensor(lua_State *L, int i) {
@@ -26,10 +36,10 @@ static int l_sgd_step(lua_State *L) {
     int first = lua_toboolean(L, 4);
     dpo_sgd_opts o;
     dpo_error e;
-    o.lr = luaL_checknumber(L, 5);
-    o.momentum = luaL_checknumber(L, 6);
-    o.dampening = luaL_checknumber(L, 7);
-    o.weight_decay = luaL_checknumber(L, 8);
+    o.lr = checkfinite(L, 5);
+    o.momentum = checkfinite(L, 6);
+    o.dampening = checkfinite(L, 7);
+    o.weight_decay = checkfinite(L, 8);
     o.nesterov = lua_toboolean(L, 9);
     o.maximize = lua_toboolean(L, 10);
     if (dpo_sgd_step(p, g, buf, first, &o, &e) != DPO_OK) return dpo_l_raise(L, &e, 1);
@@ -42,11 +52,11 @@ static int l_adamw_step(lua_State *L) {
     lua_Integer step = luaL_checkinteger(L, 6);
     dpo_adamw_opts o;
     dpo_error e;
-    o.lr = luaL_checknumber(L, 7);
-    o.beta1 = luaL_checknumber(L, 8);
-    o.beta2 = luaL_checknumber(L, 9);
-    o.eps = luaL_checknumber(L, 10);
-    o.weight_decay = luaL_checknumber(L, 11);
+    o.lr = checkfinite(L, 7);
+    o.beta1 = checkfinite(L, 8);
+    o.beta2 = checkfinite(L, 9);
+    o.eps = checkfinite(L, 10);
+    o.weight_decay = checkfinite(L, 11);
     o.amsgrad = lua_toboolean(L, 12);
     o.maximize = lua_toboolean(L, 13);
     if (dpo_adamw_step(p, g, m, v, vmax, (int64_t)step, &o, &e) != DPO_OK)
@@ -59,11 +69,11 @@ static int l_rmsprop_step(lua_State *L) {
     dpo_tensor *sq = dpo_l_checktensor(L, 3), *ga = opttensor(L, 4), *buf = opttensor(L, 5);
     dpo_rmsprop_opts o;
     dpo_error e;
-    o.lr = luaL_checknumber(L, 6);
-    o.alpha = luaL_checknumber(L, 7);
-    o.eps = luaL_checknumber(L, 8);
-    o.weight_decay = luaL_checknumber(L, 9);
-    o.momentum = luaL_checknumber(L, 10);
+    o.lr = checkfinite(L, 6);
+    o.alpha = checkfinite(L, 7);
+    o.eps = checkfinite(L, 8);
+    o.weight_decay = checkfinite(L, 9);
+    o.momentum = checkfinite(L, 10);
     o.centered = lua_toboolean(L, 11);
     o.maximize = lua_toboolean(L, 12);
     if (dpo_rmsprop_step(p, g, sq, ga, buf, &o, &e) != DPO_OK) return dpo_l_raise(L, &e, 1);
@@ -110,7 +120,7 @@ static int l_grad_norm(lua_State *L) {
 static int l_grad_scale(lua_State *L) {
     int n;
     dpo_tensor **gs = grads_of(L, 1, &n);
-    double coef = luaL_checknumber(L, 2);
+    double coef = checkfinite(L, 2);
     dpo_error e;
     if (dpo_grad_scale(gs, n, coef, &e) != DPO_OK) return dpo_l_raise(L, &e, 0);
     return 0;
@@ -118,7 +128,10 @@ static int l_grad_scale(lua_State *L) {
 
 /* optim_clip_coef(norm, max_norm) -> max_norm / (norm + 1e-6), at most 1 */
 static int l_clip_coef(lua_State *L) {
-    lua_pushnumber(L, dpo_clip_coef(luaL_checknumber(L, 1), luaL_checknumber(L, 2)));
+    double norm = luaL_checknumber(L, 1), max_norm = luaL_checknumber(L, 2);
+    luaL_argcheck(L, norm >= 0, 1, "norm must be >= 0 (inf allowed)"); /* NaN fails too */
+    luaL_argcheck(L, max_norm >= 0, 2, "max_norm must be >= 0 (inf allowed)");
+    lua_pushnumber(L, dpo_clip_coef(norm, max_norm));
     return 1;
 }
 

@@ -21,7 +21,8 @@
 --
 --   dpo.optim.clip_grad_norm(params, max_norm [, norm_type = 2]) -> the total norm
 --     before clipping; as torch.nn.utils.clip_grad_norm_, the grads are scaled by
---     max_norm / (norm + 1e-6) when that is below 1
+--     max_norm / (norm + 1e-6) when that is below 1 (a NaN or infinite norm is
+--     returned with the grads untouched)
 --   dpo.optim.grad_norm(params [, norm_type = 2]) -> the total norm, grads untouched
 --
 -- params is a non-empty list of float32 leaf tensors that require grad. The
@@ -548,6 +549,9 @@ function optim.clip_grad_norm(params, max_norm, norm_type)
                           type(max_norm) == "number" and num(max_norm) or type(max_norm)), 2)
    end
    local total = core.optim_grad_norm(list, nt)
+   -- a NaN or infinite norm is reported as it is, the gradients left alone: the
+   -- caller skips such a step (scaling by max_norm / inf would not mend them)
+   if total ~= total or total == math.huge then return total end
    local coef = core.optim_clip_coef(total, max_norm)
    if coef ~= 1 then core.optim_grad_scale(list, coef) end
    return total
