@@ -112,6 +112,9 @@ static int l_sgemm_direct(lua_State *L) {
     luaL_argcheck(L, n >= 1 && n <= 65536, 2, "size must be in 1..65536");
     luaL_argcheck(L, k >= 1 && k <= 65536, 3, "size must be in 1..65536");
     luaL_argcheck(L, reps >= 1 && reps <= 100000, 4, "repetitions must be in 1..100000");
+    /* each size may be large, not all three: at most 2^28 floats (1 GiB) per matrix */
+    luaL_argcheck(L, m * k <= (1 << 28) && k * n <= (1 << 28) && m * n <= (1 << 28), 1,
+                  "matrices too large (at most 2^28 elements each)");
     a = (float *)dpo_alloc(sizeof(float) * (size_t)(m * k));
     b = (float *)dpo_alloc(sizeof(float) * (size_t)(k * n));
     c = (float *)dpo_alloc(sizeof(float) * (size_t)(m * n));
