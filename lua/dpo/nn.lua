@@ -71,14 +71,42 @@ local function check_posint(cls, name, v)
    end
 end
 
-local function check_opts(cls, opts)
+-- The options table of a constructor: nil or a table whose keys are among
+-- `known` (a misspelt option is an error, not a default).
+local function check_opts(cls, opts, known)
    if opts ~= nil and type(opts) ~= "table" then
       argerror(cls, "options must be a table", type(opts))
+   end
+   for k in pairs(opts or {}) do
+      if not known[k] then
+         local names = {}
+         for n in pairs(known) do names[#names + 1] = n end
+         table.sort(names)
+         argerror(cls, ("unknown option '%s' (options: %s)"):format(tostring(k),
+            table.concat(names, ", ")), tostring(k))
+      end
    end
    return opts or {}
 end
 
+local function check_bool(cls, name, v)
+   if v ~= nil and type(v) ~= "boolean" then
+      argerror(cls, name .. " must be a boolean", v)
+   end
+end
+
+local function check_seed(cls, name, v)
+   if v ~= nil and math.type(v) ~= "integer" then
+      argerror(cls, name .. " must be an integer", v)
+   end
+end
+
 local function check_tensor(self, x)
+   local mt = getmetatable(self)
+   if type(self) ~= "table" or type(mt) ~= "table" or type(mt.__name) ~= "string" then
+      error(("dpo.nn: forward must be called on a module, as m:forward(x) or m(x) (got %s)")
+         :format(type(self)), 3)
+   end
    if not core.is_tensor(x) then
       error(("%s: input must be a tensor (got %s)"):format(tostring(self), type(x)), 3)
    end
@@ -134,7 +162,14 @@ RETURNS the class; calling it, `Cls(...)`, makes an instance through
         Cls:__init(...)
 ]]
 function nn.class(name, parent)
+   if type(name) ~= "string" or name:find(".", 1, true) then
+      error(("dpo.nn.class: name must be a string without dots (got %s)"):format(tostring(name)), 2)
+   end
    parent = parent or Module
+   if type(parent) ~= "table" or type(parent.__init) ~= "function" or type(parent.forward) ~= "function" then
+      error(("dpo.nn.class: parent must be a module class such as dpo.nn.Module (got %s)")
+         :format(type(parent)), 2)
+   end
    local cls = {}
    for k, v in pairs(parent) do
       if type(k) == "string" and k:sub(1, 2) == "__" then cls[k] = v end
@@ -179,8 +214,16 @@ ARGS    name    a string without dots; tensor a float32 leaf tensor
 RETURNS the tensor
 ]]
 function Module:register_parameter(name, t)
-   assert(type(name) == "string" and not name:find(".", 1, true),
-      "register_parameter: name must be a string without dots")
+   if type(name) ~= "string" or name:find(".", 1, true) then
+      error(("%s:register_parameter: name must be a string without dots (got %s)")
+         :format(getmetatable(self).__name, tostring(name)), 2)
+   end
+   if not core.is_tensor(t) or t:dtype() ~= "float32" or not t:is_leaf() then
+      error(("%s:register_parameter: '%s' must be a float32 leaf tensor (got %s)")
+         :format(getmetatable(self).__name, name,
+                 core.is_tensor(t) and (t:dtype() .. (t:is_leaf() and "" or ", not a leaf"))
+                 or type(t)), 2)
+   end
    if rawget(self, name) == nil then self._params[#self._params + 1] = name end
    self[name] = t:requires_grad()
    return t
@@ -194,8 +237,15 @@ ARGS    name    a string without dots (or an integer, as Sequential uses)
 RETURNS child
 ]]
 function Module:register_module(name, child)
-   name = tostring(name)
-   assert(not name:find(".", 1, true), "register_module: name must not contain dots")
+   local who = getmetatable(self).__name .. ":register_module"
+   if math.type(name) == "integer" then name = tostring(name) end
+   if type(name) ~= "string" or name:find(".", 1, true) then
+      error(("%s: name must be a string without dots or an integer (got %s)")
+         :format(who, tostring(name)), 2)
+   end
+   if type(child) ~= "table" or type(child.forward) ~= "function" or child._params == nil then
+      error(("%s: '%s' must be a module (got %s)"):format(who, name, type(child)), 2)
+   end
    if self._modules[name] == nil then self._children[#self._children + 1] = name end
    self._modules[name] = child
    if name:match("^[%a_][%w_]*$") then self[name] = child end
@@ -218,6 +268,9 @@ m:apply(fn): call fn(module) on every descendant (children first), then m.
 RETURNS m
 ]]
 function Module:apply(fn)
+   if type(fn) ~= "function" then
+      error(("%s:apply: expected a function (got %s)"):format(getmetatable(self).__name, type(fn)), 2)
+   end
    for _, name in ipairs(self._children) do
       self._modules[name]:apply(fn)
    end
@@ -233,6 +286,10 @@ RETURNS list  { {name, tensor}, ... }: own parameters first (in the order they
 A tensor shared by two modules is listed once, under its first name.
 ]]
 function Module:named_parameters(prefix)
+   if prefix ~= nil and type(prefix) ~= "string" then
+      error(("%s:named_parameters: prefix must be a string (got %s)")
+         :format(getmetatable(self).__name, type(prefix)), 2)
+   end
    local list, map, seen = {}, {}, {}
    local function walk(m, pre)
       for _, name in ipairs(m._params) do
@@ -317,6 +374,9 @@ function Module:load_state_dict(sd, opts)
    if type(sd) ~= "table" then
       error(("%s: state_dict must be a table (got %s)"):format(who, type(sd)), 2)
    end
+   if opts ~= nil and type(opts) ~= "table" then
+      error(("%s: options must be a table (got %s)"):format(who, type(opts)), 2)
+   end
    opts = opts or {}
    local strict = opts.strict ~= false
    local list, map = self:named_parameters()
@@ -373,7 +433,8 @@ nn.Linear = Linear
 function Linear:__init(in_features, out_features, opts)
    check_posint("dpo.nn.Linear", "in_features", in_features)
    check_posint("dpo.nn.Linear", "out_features", out_features)
-   opts = check_opts("dpo.nn.Linear", opts)
+   opts = check_opts("dpo.nn.Linear", opts, { bias = true })
+   check_bool("dpo.nn.Linear", "bias", opts.bias)
    self.in_features, self.out_features = in_features, out_features
    local bound = 1 / math.sqrt(in_features)
    self:register_parameter("weight", uniform(bound, out_features, in_features))
@@ -422,7 +483,14 @@ function Embedding:__repr()
 end
 
 function Embedding:forward(ids)
-   if type(ids) == "table" then ids = core.tensor(ids, "int32") end
+   if type(ids) == "table" then
+      for i = 1, #ids do
+         if math.type(ids[i]) ~= "integer" then
+            error(("%s: id %d is %s, not an integer"):format(self:__repr(), i, tostring(ids[i])), 2)
+         end
+      end
+      ids = core.tensor(ids, "int32")
+   end
    check_tensor(self, ids)
    if ids:dtype() ~= "int32" then
       error(("%s: ids must be an int32 tensor (got %s)"):format(self:__repr(), ids:dtype()), 2)
@@ -454,11 +522,12 @@ nn.LayerNorm = LayerNorm
 
 function LayerNorm:__init(d, opts)
    check_posint("dpo.nn.LayerNorm", "normalized_shape", d)
-   opts = check_opts("dpo.nn.LayerNorm", opts)
+   opts = check_opts("dpo.nn.LayerNorm", opts, { eps = true, elementwise_affine = true })
    local eps = opts.eps or 1e-5
-   if type(eps) ~= "number" or eps < 0 then
-      argerror("dpo.nn.LayerNorm", "eps must be a non-negative number", eps)
+   if type(eps) ~= "number" or not (eps >= 0 and eps < math.huge) then
+      argerror("dpo.nn.LayerNorm", "eps must be a finite non-negative number", eps)
    end
+   check_bool("dpo.nn.LayerNorm", "elementwise_affine", opts.elementwise_affine)
    self.normalized_shape, self.eps = d, eps
    if opts.elementwise_affine ~= false then
       self:register_parameter("weight", core.ones(d))
@@ -503,12 +572,12 @@ function Dropout:__init(p, opts)
    if type(p) ~= "number" or p ~= p or p < 0 or p > 1 then
       argerror("dpo.nn.Dropout", "p must be a number in [0, 1]", p)
    end
-   opts = check_opts("dpo.nn.Dropout", opts)
+   opts = check_opts("dpo.nn.Dropout", opts, { seed = true })
    local seed = opts.seed
    if seed == nil then
       seed = core.randint(0, 2147483647, 1)[1]
-   elseif math.type(seed) ~= "integer" then
-      argerror("dpo.nn.Dropout", "seed must be an integer", seed)
+   else
+      check_seed("dpo.nn.Dropout", "seed", seed)
    end
    self.p = p
    self:reseed(seed)
@@ -518,6 +587,9 @@ end
 d:reseed(seed): restart the module's generator from seed. RETURNS d
 ]]
 function Dropout:reseed(seed)
+   if math.type(seed) ~= "integer" then
+      error(("dpo.nn.Dropout:reseed: seed must be an integer (got %s)"):format(tostring(seed)), 2)
+   end
    self.seed = seed
    self.rng_state = seed_state(seed)
    return self
@@ -564,7 +636,10 @@ activation("LogSigmoid", "logsigmoid")
 
 local Identity = nn.class("Identity")
 nn.Identity = Identity
-function Identity:forward(x) return x end
+function Identity:forward(x)
+   check_tensor(self, x)
+   return x
+end
 
 --[[
 nn.Softmax([dim=-1]), nn.LogSoftmax([dim=-1]): along dim (1-based; negative
@@ -583,7 +658,9 @@ local function softmax_class(name, method)
    end
    cls.forward = function(self, x)
       check_tensor(self, x)
-      return x[method](x, self.dim)
+      -- called by name, so an error names the method
+      if method == "softmax" then return x:softmax(self.dim) end
+      return x:log_softmax(self.dim)
    end
    nn[name] = cls
    return cls
@@ -664,15 +741,17 @@ function MLP:__init(sizes, opts)
    for i, s in ipairs(sizes) do
       check_posint("dpo.nn.MLP", ("sizes[%d]"):format(i), s)
    end
-   opts = check_opts("dpo.nn.MLP", opts)
+   opts = check_opts("dpo.nn.MLP", opts, { activation = true, dropout = true, bias = true, seed = true })
    local act = opts.activation or "relu"
    if not activations[act] then
       argerror("dpo.nn.MLP", "activation must be one of 'relu', 'gelu', 'tanh', 'sigmoid'", act)
    end
    local p = opts.dropout or 0
-   if type(p) ~= "number" or p < 0 or p > 1 then
+   if type(p) ~= "number" or not (p >= 0 and p <= 1) then
       argerror("dpo.nn.MLP", "dropout must be a number in [0, 1]", p)
    end
+   check_bool("dpo.nn.MLP", "bias", opts.bias)
+   check_seed("dpo.nn.MLP", "seed", opts.seed)
    self.sizes, self.activation, self.dropout = { table.unpack(sizes) }, act, p
    local layers = Sequential()
    local seed = opts.seed
