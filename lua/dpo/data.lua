@@ -203,8 +203,22 @@ local Reader = {}
 Reader.__index = Reader
 Reader.__name = "dpo.data.Reader"
 
+-- A path argument: a string without zero bytes (the files are opened by C).
+local function check_path(path, k, fname)
+   if type(path) ~= "string" then argerror(k, fname, "path expected, got " .. type(path)) end
+   if find(path, "\0", 1, true) then argerror(k, fname, "path contains a zero byte") end
+end
+
+-- A field-name option: nil or a string.
+local function check_field(opts, key, fname)
+   local v = opts[key]
+   if v ~= nil and type(v) ~= "string" then
+      argerror(2, fname, format("%s must be a field name, got %s", key, type(v)))
+   end
+end
+
 local function open_reader(path, opts, fname)
-   if type(path) ~= "string" then argerror(1, fname, "path expected, got " .. type(path), 2) end
+   check_path(path, 1, fname)
    opts = check_opts(opts, 2, fname)
    local on_error = opts.on_error or "skip"
    if on_error ~= "skip" and on_error ~= "error" then
@@ -413,6 +427,8 @@ check_prompt = true.
 ]]
 function data.hh(path, opts)
    opts = check_opts(opts, 2, "hh")
+   check_field(opts, "chosen", "hh")
+   check_field(opts, "rejected", "hh")
    local fc, fr = opts.chosen or "chosen", opts.rejected or "rejected"
    local check = opts.check_prompt ~= false
    return read_pairs(path, opts, "hh", "hh", function(rec)
@@ -451,6 +467,7 @@ opts: on_error, limit, warn (as jsonl); prompt, chosen, rejected (field names).
 ]]
 function data.pairs(path, opts)
    opts = check_opts(opts, 2, "pairs")
+   for _, k in ipairs { "prompt", "chosen", "rejected" } do check_field(opts, k, "pairs") end
    local fp, fc, fr = opts.prompt or "prompt", opts.chosen or "chosen", opts.rejected or "rejected"
    return read_pairs(path, opts, "pairs", "pairs", function(rec)
       local bad = not_object(rec)
@@ -490,8 +507,18 @@ opts.gzip: compress (default: when path ends in ".gz"); opts.keys: the key
 order of each object (default: sorted).
 ]]
 function data.write_jsonl(path, records, opts)
-   if type(path) ~= "string" then argerror(1, "write_jsonl", "path expected, got " .. type(path)) end
+   check_path(path, 1, "write_jsonl")
    opts = check_opts(opts, 3, "write_jsonl")
+   if opts.keys ~= nil then
+      if type(opts.keys) ~= "table" then
+         argerror(3, "write_jsonl", "keys must be a list of strings, got " .. type(opts.keys))
+      end
+      for i, k in ipairs(opts.keys) do
+         if type(k) ~= "string" then
+            argerror(3, "write_jsonl", format("keys[%d] is a %s, not a string", i, type(k)))
+         end
+      end
+   end
    local nextrec
    if type(records) == "table" then
       local i = 0
@@ -509,22 +536,29 @@ function data.write_jsonl(path, records, opts)
    local keys = opts.keys
    local w, err = C.writer(path, gzip)
    if not w then return nil, err end
+   local function line(rec)
+      if not keys then return encode_record(rec) end
+      local parts = {}
+      for i, k in ipairs(keys) do
+         parts[i] = cjson.encode(k) .. ":" .. cjson.encode(rec[k] == nil and cjson.null or rec[k])
+      end
+      return "{" .. table.concat(parts, ",") .. "}"
+   end
+   local n = 0
    local ok, msg = pcall(function()
       for rec in nextrec do
-         if keys then
-            local parts = {}
-            for i, k in ipairs(keys) do
-               parts[i] = cjson.encode(k) .. ":" .. cjson.encode(rec[k] == nil and cjson.null or rec[k])
-            end
-            w:write("{", table.concat(parts, ","), "}\n")
-         else
-            w:write(encode_record(rec), "\n")
+         n = n + 1
+         local good, s = pcall(line, rec)
+         if not good then -- a record JSON cannot hold: name it
+            error({ format("write_jsonl: record %d: %s", n, (tostring(s):gsub("^.-:%d+: ", ""))) })
          end
+         w:write(s, "\n")
       end
    end)
    if not ok then
       w:abort()
-      error(msg, 0)
+      if type(msg) == "table" then raise(msg[1]) end -- a record that is not JSON
+      error(msg, 0) -- the iterator's own error, as it raised it
    end
    return w:commit()
 end
@@ -588,7 +622,9 @@ function Dataset:__tostring()
                  self._store and ", tokenized" or "")
 end
 
+-- ds:get(i) -> pair i, or nil outside 1..#ds (as for a Lua list)
 function Dataset:get(i)
+   if math.tointeger(i) == nil then argerror(1, "get", "integer expected, got " .. tostring(i)) end
    return self._pairs[i]
 end
 
@@ -723,10 +759,19 @@ end
 local FATES = { [1] = "empty_response", [2] = "empty_prompt" }
 local CHUNK = 4096 -- pairs per encode_batch call
 
+-- The ids encode_batch gave for one text, as an int32 tensor; ids outside
+-- 0..2^31-2 (which int32 would saturate) are an error.
 local function as_ids(x)
-   if core.is_tensor(x) then return x end
-   return core.tensor(x, "int32")
+   local t = core.is_tensor(x) and x or core.tensor(x, "int32")
+   if t:dtype() ~= "int32" then t = t:int() end
+   if t:numel() > 0 and (t:min():item() < 0 or t:max():item() >= 2147483647) then
+      raise("tokenize: encode_batch gave an id outside 0..2147483646")
+   end
+   return t
 end
+
+-- Which pair store each tokenized pair belongs to (collate checks it).
+local OWNER = setmetatable({}, { __mode = "k" })
 
 --[[
 ds:tokenize(tok, opts) -> tokenized dataset. tok: a dpo.Tokenizer, or any
@@ -734,12 +779,17 @@ object with encode_batch(texts) -> list of int32 tensors (or lists of ids)
 and the fields eos_id, bos_id, pad_id.
 ]]
 function Dataset:tokenize(tok, opts)
-   if tok == nil or tok.encode_batch == nil then
-      argerror(1, "tokenize", "a tokenizer with encode_batch expected, got " .. type(tok))
+   local ok, enc = false, nil
+   if type(tok) == "table" or type(tok) == "userdata" then
+      ok, enc = pcall(function() return tok.encode_batch, tok.eos_id end) -- a freed one raises
+   end
+   if not ok or enc == nil then
+      argerror(1, "tokenize", "a tokenizer with encode_batch expected, got " ..
+               (ok and type(tok) or tostring(enc):gsub("^.-%((.*)%)$", "%1")))
    end
    opts = check_opts(opts, 2, "tokenize")
    local L = opts.max_length or 512
-   if math.type(L) ~= "integer" or L < 2 then
+   if math.type(L) ~= "integer" or L < 2 or L > 2147483647 then
       argerror(2, "tokenize", "max_length must be an integer >= 2, got " .. tostring(L))
    end
    local P = opts.max_prompt_length or L // 2
@@ -790,6 +840,7 @@ function Dataset:tokenize(tok, opts)
          if fate == 0 then
             local q = copy(list[first + j - 1])
             q.row = info[b + 2]
+            OWNER[q] = store
             q.n_prompt, q.n_chosen, q.n_rejected = info[b + 3], info[b + 4], info[b + 5]
             q.n_prompt_full, q.n_chosen_full, q.n_rejected_full = info[b + 6], info[b + 7], info[b + 8]
             if info[b + 9] == 1 then cut_prompt = cut_prompt + 1 end
@@ -830,7 +881,7 @@ function Dataset:collate(list, opts)
    local rows = {}
    for i, p in ipairs(list) do
       rows[i] = type(p) == "table" and p.row
-      if math.type(rows[i]) ~= "integer" then
+      if math.type(rows[i]) ~= "integer" or OWNER[p] ~= self._store then
          argerror(1, "collate", format("pair %d is not a tokenized pair of this dataset", i))
       end
    end
@@ -1001,6 +1052,7 @@ ds:save(path) -> true | nil, "path: reason": the pairs as JSONL records
 dpo.data.pairs.
 ]]
 function Dataset:save(path)
+   check_path(path, 1, "save")
    local list, i = self._pairs, 0
    return data.write_jsonl(path, function()
       i = i + 1

@@ -40,6 +40,9 @@ Filter.__index = Filter
 Filter.__name = "dpo.filters.Filter"
 
 function Filter:__call(pair)
+   if type(pair) ~= "table" then
+      error(format("dpo.filters.%s: expected a pair table, got %s", tostring(self.name), type(pair)), 2)
+   end
    local fn = rawget(self, "_fn")
    if not fn then
       fn = self.make()
@@ -84,7 +87,8 @@ local function stateless(name, pred)
 end
 
 local function check_number(name, v, what, integer)
-   if type(v) ~= "number" or v ~= v or v <= 0 or (integer and math.type(v) ~= "integer") then
+   if type(v) ~= "number" or not (v > 0 and v < math.huge)
+      or (integer and math.type(v) ~= "integer") then
       caller_error(name, format("%s must be a positive %s, got %s", what,
                                 integer and "integer" or "number", tostring(v)))
    end
@@ -213,6 +217,12 @@ local function pattern_filter(name, pattern, opts, keep_on_match)
       fields = set
    elseif type(fields) ~= "table" then
       caller_error(name, "fields must be a string or a list of field names")
+   else
+      for i, f in ipairs(fields) do
+         if type(f) ~= "string" then
+            caller_error(name, format("fields[%d] must be a field name, got %s", i, type(f)))
+         end
+      end
    end
    local reason = keep_on_match and "no_match" or "match"
    return stateless(format("%s(%q)", name, pattern), function(pair)
@@ -340,6 +350,7 @@ end
 -- The turns of an HH text, for scripts that inspect dialogues:
 -- dpo.filters.hh_turns(text) -> roles, contents.
 function filters.hh_turns(text)
+   if type(text) ~= "string" then caller_error("hh_turns", "text must be a string, got " .. type(text)) end
    local roles, contents = turns(text)
    return roles, contents
 end
