@@ -43,23 +43,88 @@ local eval = {}
 
 local format = string.format
 
-local function resolve_loss(loss)
+-- resolve_loss(loss [, who]) -> the loss function of a name (or the function
+-- itself); who prefixes the error ("dpo.eval" by default).
+local function resolve_loss(loss, who)
    if loss == nil then return nil end
    if type(loss) == "function" then return loss end
    local losses = require "dpo.losses"
-   local fn = losses[loss]
+   local fn = type(loss) == "string" and losses[loss]
    if type(fn) ~= "function" or loss == "list" or loss == "weighted" or loss == "reference_free" then
-      error(format("dpo.eval: unknown loss '%s' (losses: %s)", tostring(loss),
-                   table.concat(losses.list(), ", ")), 3)
+      error(format("%s: unknown loss '%s' (losses: %s)", type(who) == "string" and who or "dpo.eval",
+                   tostring(loss), table.concat(losses.list(), ", ")), 3)
    end
    return fn
 end
 eval.resolve_loss = resolve_loss
 
+-- ---- argument checks ---------------------------------------------------------------
+
+local THIS = debug.getinfo(1, "S").source
+
+-- Raise "dpo.eval.<fname>: msg" at the first caller outside this file.
+local function bad(fname, msg, ...)
+   local level = 2
+   while true do
+      local info = debug.getinfo(level, "S")
+      if not info or info.source ~= THIS then break end
+      level = level + 1
+   end
+   error(format("dpo.eval.%s: " .. msg, fname, ...), level)
+end
+
+-- m must be a live model (anything with logps, as dpo.train takes).
+local function check_model(m, what, fname)
+   local t = type(m)
+   if (t ~= "userdata" and t ~= "table") or not pcall(function() assert(type(m.logps) == "function") end) then
+      bad(fname, "%s must be a model (dpo.gpt.new or dpo.gpt.load), got %s", what, t)
+   end
+   if not pcall(m.is_training, m) then bad(fname, "%s has been freed", what) end
+end
+
+-- opts must be nil or a table whose keys are among `known`; returns it (or {}).
+local function check_opts(opts, known, fname)
+   if opts == nil then return {} end
+   if type(opts) ~= "table" then bad(fname, "options must be a table, got %s", type(opts)) end
+   for k in pairs(opts) do
+      if not known[k] then
+         local names = {}
+         for n in pairs(known) do names[#names + 1] = n end
+         table.sort(names)
+         bad(fname, "unknown option '%s' (options: %s)", tostring(k), table.concat(names, ", "))
+      end
+   end
+   return opts
+end
+
+-- opts[key] must be nil or an integer >= least.
+local function check_int(opts, key, least, fname)
+   local v = opts[key]
+   if v ~= nil and (math.type(v) ~= "integer" or v < least) then
+      bad(fname, "%s must be an integer >= %d, got %s", key, least, tostring(v))
+   end
+end
+
+-- opts[key] must be nil or a finite number >= least (> least when strict).
+local function check_num(opts, key, least, strict, fname)
+   local v = opts[key]
+   if v ~= nil and (type(v) ~= "number" or not (v < math.huge) or v < least or (strict and v <= least)) then
+      bad(fname, "%s must be a finite number %s %g, got %s", key, strict and ">" or ">=", least, tostring(v))
+   end
+end
+
 local function check_data(data, fname)
    if type(data) ~= "table" or type(data.batches) ~= "function" or not data:is_tokenized() then
       error(format("dpo.eval.%s: data must be a tokenized dataset (ds:tokenize(tok, opts))", fname), 3)
    end
+   if #data == 0 then error(format("dpo.eval.%s: data holds no pairs", fname), 3) end
+end
+
+local BATCH_OPTS = { batch_size = true, max_pairs = true }
+
+local function check_batch_opts(opts, fname)
+   check_int(opts, "batch_size", 1, fname)
+   check_int(opts, "max_pairs", 1, fname)
 end
 
 -- Run fn with model in eval mode, then restore its mode.
@@ -114,11 +179,28 @@ local function finish(acc, out)
    return out
 end
 
+local PREF_OPTS = { batch_size = true, max_pairs = true, beta = true, loss = true,
+                    loss_options = true, ref_logps = true }
+
 function eval.preferences(policy, ref, data, opts)
-   opts = opts or {}
-   check_data(data, "preferences")
+   local fname = "preferences"
+   check_model(policy, "policy", fname)
+   if ref ~= nil and ref ~= false then check_model(ref, "ref", fname) end
+   check_data(data, fname)
+   opts = check_opts(opts, PREF_OPTS, fname)
+   check_batch_opts(opts, fname)
+   check_num(opts, "beta", 0, true, fname)
+   if opts.loss ~= nil and type(opts.loss) ~= "string" and type(opts.loss) ~= "function" then
+      bad(fname, "loss must be a dpo.losses name or a function, got %s", type(opts.loss))
+   end
+   if opts.loss_options ~= nil and type(opts.loss_options) ~= "table" then
+      bad(fname, "loss_options must be a table, got %s", type(opts.loss_options))
+   end
+   if opts.ref_logps ~= nil and type(opts.ref_logps) ~= "function" then
+      bad(fname, "ref_logps must be a function(pairs) -> ref_c, ref_r, got %s", type(opts.ref_logps))
+   end
    local beta = opts.beta or 0.1
-   local loss_fn = resolve_loss(opts.loss) or require("dpo.losses").sigmoid
+   local loss_fn = resolve_loss(opts.loss, "dpo.eval.preferences") or require("dpo.losses").sigmoid
    local loss_opts = opts.loss_options or {}
    local ref_logps = opts.ref_logps
    if ref == nil and ref_logps == nil then
@@ -135,6 +217,10 @@ function eval.preferences(policy, ref, data, opts)
          local rc, rr
          if ref_logps then
             rc, rr = ref_logps(b.pairs)
+            if not (core.is_tensor(rc) and core.is_tensor(rr)) then
+               error(format("dpo.eval.preferences: ref_logps returned %s, %s; expected two " ..
+                            "float32 tensors [%d]", type(rc), type(rr), B), 0)
+            end
          elseif ref then
             local rl = ref:logps(b.ids, b.mask)
             rc, rr = rl:narrow(1, 1, B), rl:narrow(1, B + 1, B)
@@ -146,6 +232,10 @@ function eval.preferences(policy, ref, data, opts)
                         beta = beta }
          for k, v in pairs(loss_opts) do args[k] = v end
          local loss, m = loss_fn(args)
+         if not core.is_tensor(loss) or type(m) ~= "table" then
+            error(format("dpo.eval.preferences: the loss returned %s, %s; expected a tensor " ..
+                         "and a table of metrics", type(loss), type(m)), 0)
+         end
          m.loss = loss:item()
          for k, v in pairs(m) do
             if type(v) == "number" then acc.sums[k] = (acc.sums[k] or 0) + v * B end
@@ -160,8 +250,10 @@ function eval.preferences(policy, ref, data, opts)
 end
 
 function eval.nll(model, data, opts)
-   opts = opts or {}
+   check_model(model, "model", "nll")
    check_data(data, "nll")
+   opts = check_opts(opts, BATCH_OPTS, "nll")
+   check_batch_opts(opts, "nll")
    local acc = new_acc()
    in_eval_mode({ model }, function()
       for b in eval_batches(data, opts) do
@@ -185,10 +277,38 @@ local function generate(model, tok, ids, opts)
    return tok:decode(list)
 end
 
+local SAMPLE_OPTS = { ref = true, max_new_tokens = true, temperature = true, top_k = true,
+                      top_p = true, seed = true, max_prompt_tokens = true }
+
 function eval.samples(model, tok, prompts, opts)
-   opts = opts or {}
+   local fname = "samples"
+   check_model(model, "model", fname)
+   local tt = type(tok)
+   if (tt ~= "userdata" and tt ~= "table")
+      or not pcall(function() assert(type(tok.encode) == "function" and type(tok.decode) == "function") end) then
+      bad(fname, "tok must be a tokenizer (encode and decode), got %s", tt)
+   end
+   if not pcall(tok.encode, tok, "") then bad(fname, "tok has been freed") end
    if type(prompts) ~= "table" then
       error("dpo.eval.samples: prompts must be a list of strings or pairs", 2)
+   end
+   opts = check_opts(opts, SAMPLE_OPTS, fname)
+   if opts.ref ~= nil then check_model(opts.ref, "ref", fname) end
+   check_int(opts, "max_new_tokens", 0, fname)
+   check_int(opts, "top_k", 0, fname)
+   if (opts.top_k or 0) > 2147483647 then bad(fname, "top_k must be below 2^31, got %d", opts.top_k) end
+   check_int(opts, "max_prompt_tokens", 1, fname)
+   check_num(opts, "temperature", 0, false, fname)
+   if opts.top_p ~= nil and (type(opts.top_p) ~= "number" or not (opts.top_p > 0 and opts.top_p <= 1)) then
+      bad(fname, "top_p must be a number in (0, 1], got %s", tostring(opts.top_p))
+   end
+   if opts.seed ~= nil and math.type(opts.seed) ~= "integer" then
+      bad(fname, "seed must be an integer, got %s", tostring(opts.seed))
+   end
+   local ctx = model:config().n_ctx
+   if (opts.max_new_tokens or 64) >= ctx then
+      bad(fname, "max_new_tokens (%d) leaves no room for a prompt in the model's n_ctx (%d)",
+          opts.max_new_tokens or 64, ctx)
    end
    local ref = opts.ref
    local models = { model }
@@ -217,13 +337,28 @@ end
 
 -- The last human turn of an HH prompt (what a reader needs to judge a reply).
 local function last_turn(prompt)
+   if type(prompt) ~= "string" then
+      error("dpo.eval.last_turn: prompt must be a string, got " .. type(prompt), 2)
+   end
    local h = prompt:match(".*\n\nHuman:%s*(.-)\n\nAssistant:%s*$")
    return h or prompt
 end
 eval.last_turn = last_turn
 
 function eval.format_samples(list, opts)
-   opts = opts or {}
+   local fname = "format_samples"
+   if type(list) ~= "table" then bad(fname, "list must be a list of samples, got %s", type(list)) end
+   for i, s in ipairs(list) do
+      if type(s) ~= "table" or type(s.prompt) ~= "string" or type(s.policy) ~= "string" then
+         bad(fname, "sample %d must be a table with strings prompt and policy", i)
+      end
+   end
+   opts = check_opts(opts, { policy_name = true, ref_name = true }, fname)
+   for _, k in ipairs { "policy_name", "ref_name" } do
+      if opts[k] ~= nil and type(opts[k]) ~= "string" then
+         bad(fname, "%s must be a string, got %s", k, type(opts[k]))
+      end
+   end
    local out = {}
    local policy_name, ref_name = opts.policy_name or "policy", opts.ref_name or "reference"
    for i, s in ipairs(list) do

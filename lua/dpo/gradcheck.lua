@@ -34,8 +34,15 @@ end
 function M.gradcheck(fn, inputs, opts)
    assert(type(fn) == "function", "dpo.gradcheck: fn must be a function")
    assert(type(inputs) == "table", "dpo.gradcheck: inputs must be a list of tensors")
+   assert(opts == nil or type(opts) == "table", "dpo.gradcheck: opts must be a table")
    opts = opts or {}
    local eps, atol, rtol = opts.eps or 1e-3, opts.atol or 1e-3, opts.rtol or 1e-2
+   for name, v in pairs { eps = eps, atol = atol, rtol = rtol } do
+      assert(type(v) == "number" and v >= 0 and v < math.huge and (name ~= "eps" or v > 0),
+             ("dpo.gradcheck: %s must be a finite number %s 0, got %s"):format(name,
+                name == "eps" and ">" or ">=", tostring(v)))
+   end
+   assert(opts.seed == nil or math.type(opts.seed) == "integer", "dpo.gradcheck: seed must be an integer")
    local checked = {}
    for i, x in ipairs(inputs) do
       assert(core.is_tensor(x), ("dpo.gradcheck: input %d is not a tensor"):format(i))

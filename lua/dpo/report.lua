@@ -32,6 +32,62 @@ local report = {}
 
 local format = string.format
 
+-- ---- argument checks ---------------------------------------------------------------
+
+local THIS = debug.getinfo(1, "S").source
+
+-- Raise "dpo.report.<fname>: msg" at the first caller outside this file.
+local function bad(fname, msg, ...)
+   local level = 2
+   while true do
+      local info = debug.getinfo(level, "S")
+      if not info or info.source ~= THIS then break end
+      level = level + 1
+   end
+   error(format("dpo.report.%s: " .. msg, fname, ...), level)
+end
+
+-- v must be nil or of type ty.
+local function check_type(fname, what, v, ty)
+   if v ~= nil and type(v) ~= ty then bad(fname, "%s must be a %s, got %s", what, ty, type(v)) end
+end
+
+-- v must be nil or a list of tables (or of ty).
+local function check_list(fname, what, v, ty)
+   check_type(fname, what, v, "table")
+   for i, x in ipairs(v or {}) do
+      if type(x) ~= (ty or "table") then
+         bad(fname, "%s[%d] must be a %s, got %s", what, i, ty or "table", type(x))
+      end
+   end
+end
+
+local function check_spec(fname, spec)
+   if type(spec) ~= "table" then bad(fname, "a chart spec must be a table, got %s", type(spec)) end
+   check_list(fname, "spec.series", spec.series)
+   if spec.series == nil then bad(fname, "a chart spec needs series = {{key =, label =}, ...}") end
+   for i, se in ipairs(spec.series) do
+      if type(se.key) ~= "string" then bad(fname, "spec.series[%d].key must be a string", i) end
+   end
+   for _, k in ipairs { "y_min", "y_max" } do
+      local v = spec[k]
+      if v ~= nil and (type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge) then
+         bad(fname, "spec.%s must be a finite number, got %s", k, tostring(v))
+      end
+   end
+end
+
+local function check_table(fname, what, t)
+   if type(t) ~= "table" then bad(fname, "%s must be a table {columns =, rows =}, got %s", what, type(t)) end
+   check_type(fname, what .. ".columns", t.columns, "table")
+   for i, c in ipairs(t.columns or {}) do
+      if type(c) ~= "string" and type(c) ~= "number" then
+         bad(fname, "%s.columns[%d] must be a string, got %s", what, i, type(c))
+      end
+   end
+   check_list(fname, what .. ".rows", t.rows)
+end
+
 local function esc(s)
    return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
                                          ['"'] = "&quot;" }))
@@ -140,7 +196,15 @@ end
 local PHASE_FILL = { "#eef4fb", "#fbf1e8", "#eef8ef", "#f6eef8" }
 
 function report.chart(spec, records, opts)
+   check_spec("chart", spec)
+   if type(records) ~= "table" then bad("chart", "records must be a list, got %s", type(records)) end
+   check_list("chart", "records", records)
+   check_type("chart", "options", opts, "table")
    opts = opts or {}
+   for k in pairs(opts) do
+      if k ~= "phases" then bad("chart", "unknown option '%s' (options: phases)", tostring(k)) end
+   end
+   check_list("chart", "phases", opts.phases)
    local all = {}
    local xmin, xmax, ymin, ymax = math.huge, -math.huge, math.huge, -math.huge
    for _, s in ipairs(spec.series) do
@@ -317,6 +381,7 @@ end
 
 -- report.text_table(t) -> the final table as aligned text (for a terminal)
 function report.text_table(t)
+   check_table("text_table", "t", t)
    local rows = {}
    if t.columns then rows[1] = t.columns end
    for _, r in ipairs(t.rows or {}) do rows[#rows + 1] = r end
@@ -362,7 +427,39 @@ local function legend(series)
    return '<div class="legend">' .. table.concat(parts) .. "</div>"
 end
 
+local HTML_OPTS = { title = "string", subtitle = "string", records = "list", table = "table",
+                    samples = "list", policy_name = "string", ref_name = "string", facts = "list",
+                    config = "strings", charts = "list", samples_title = "string" }
+
+local function check_html_opts(fname, opts)
+   check_type(fname, "options", opts, "table")
+   for k, v in pairs(opts or {}) do
+      local want = HTML_OPTS[k]
+      if not want then
+         local names = {}
+         for n in pairs(HTML_OPTS) do names[#names + 1] = n end
+         table.sort(names)
+         bad(fname, "unknown option '%s' (options: %s)", tostring(k), table.concat(names, ", "))
+      elseif want == "list" then
+         check_list(fname, k, v)
+      elseif want == "strings" then
+         check_list(fname, k, v, "string")
+      else
+         check_type(fname, k, v, want)
+      end
+   end
+   opts = opts or {}
+   if opts.table then check_table(fname, "table", opts.table) end
+   for _, spec in ipairs(opts.charts or {}) do check_spec(fname, spec) end
+   for i, s in ipairs(opts.samples or {}) do
+      if type(s.prompt) ~= "string" or type(s.policy) ~= "string" then
+         bad(fname, "samples[%d] must have strings prompt and policy", i)
+      end
+   end
+end
+
 function report.html(opts)
+   check_html_opts("html", opts)
    opts = opts or {}
    local records = opts.records or {}
    local out = {}
@@ -425,6 +522,9 @@ function report.html(opts)
 end
 
 function report.write(path, opts)
+   if type(path) ~= "string" then bad("write", "path must be a string, got %s", type(path)) end
+   if path:find("\0", 1, true) then bad("write", "path contains a zero byte") end
+   check_html_opts("write", opts)
    local ok, err = core.write_file(path, report.html(opts))
    if not ok then error("dpo.report.write: " .. err, 2) end
    return path
