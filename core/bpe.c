@@ -1585,10 +1585,16 @@ static json_t *to_json(const dpo_bpe *t) {
                                       json_integer(id)) == 0;
     for (int32_t r = 0; ok && r < t->nmerges; r++) {
         int32_t a = t->merge[3 * r], b = t->merge[3 * r + 1];
+        const char *sa = bpe_tok_str(t, a), *sb = bpe_tok_str(t, b);
+        size_t na = t->tok[a].str_len, nb = t->tok[b].str_len;
+        /* "a b" as GPT-2 writes them, unless a token holds a space: ["a", "b"] */
+        if (memchr(sa, ' ', na) || memchr(sb, ' ', nb)) {
+            ok = json_array_append_new(merges, json_pack("[s%s%]", sa, na, sb, nb)) == 0;
+            continue;
+        }
         m.n = 0;
-        ok = bpe_sbuf_add(&m, bpe_tok_str(t, a), t->tok[a].str_len) == 0 &&
-             bpe_sbuf_add(&m, " ", 1) == 0 &&
-             bpe_sbuf_add(&m, bpe_tok_str(t, b), t->tok[b].str_len) == 0 &&
+        ok = bpe_sbuf_add(&m, sa, na) == 0 && bpe_sbuf_add(&m, " ", 1) == 0 &&
+             bpe_sbuf_add(&m, sb, nb) == 0 &&
              json_array_append_new(merges, json_stringn(m.p, m.n)) == 0;
     }
     free(m.p);

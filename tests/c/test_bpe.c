@@ -401,6 +401,38 @@ static void test_gpt2_files(void) {
     dpo_bpe_free(t);
 }
 
+/* A merge of tokens holding a space is saved as a pair, so that it loads again. */
+static void test_save_spaced_merges(void) {
+    dpo_error e;
+    dpo_bpe *t, *back;
+    dpo_bpe_ids v = {0}, w = {0};
+    write_file("spaced.json",
+               "{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"use_regex\": false}, "
+               "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a \": 0, \"b\": 1, "
+               "\"a b\": 2, \"x\": 3, \"xx\": 4}, \"merges\": [[\"a \", \"b\"], \"x x\"]}}");
+    t = dpo_bpe_load(in_tmp("spaced.json"), &e);
+    CHECK(t != NULL);
+    if (!t) {
+        fprintf(stderr, "load: %s\n", e.msg);
+        return;
+    }
+    CHECK(dpo_bpe_save(t, in_tmp("spaced_saved.json"), &e) == DPO_OK);
+    back = dpo_bpe_load(in_tmp("spaced_saved.json"), &e);
+    CHECK(back != NULL);
+    if (!back) {
+        fprintf(stderr, "load again: %s\n", e.msg);
+    } else {
+        CHECK(dpo_bpe_num_merges(back) == 2);
+        CHECK(dpo_bpe_word(t, "xx", 2, 1, &v, &e) == DPO_OK);
+        CHECK(dpo_bpe_word(back, "xx", 2, 1, &w, &e) == DPO_OK);
+        CHECK(v.n == 1 && w.n == 1 && v.ids[0] == 4 && w.ids[0] == 4);
+        dpo_bpe_free(back);
+    }
+    dpo_bpe_ids_free(&v);
+    dpo_bpe_ids_free(&w);
+    dpo_bpe_free(t);
+}
+
 static void expect_error(const char *path, const char *fragment) {
     dpo_error e;
     dpo_bpe *t = dpo_bpe_load(path, &e);
@@ -457,6 +489,7 @@ int main(void) {
     test_train_and_merges();
     test_train_large();
     test_gpt2_files();
+    test_save_spaced_merges();
     test_bad_files();
     {
         char cmd[300];
