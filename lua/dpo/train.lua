@@ -135,11 +135,23 @@ local function fail(fname, msg, ...)
    error(format("dpo.train.%s: " .. msg, fname, ...), 0)
 end
 
+-- A path argument: a string without zero bytes (the system would cut it there).
+local function check_path(fnname, p, what, level)
+   if type(p) ~= "string" then
+      error(format("dpo.train.%s: %s must be a path (a string), got %s", fnname, what, type(p)), level + 1)
+   end
+   if p:find("\0", 1, true) then
+      error(format("dpo.train.%s: %s holds a zero byte: %q", fnname, what, p), level + 1)
+   end
+end
+
 local function hex(s)
+   if type(s) ~= "string" then error("dpo.train.hex: expected a string, got " .. type(s), 2) end
    return (s:gsub(".", function(c) return format("%02x", c:byte()) end))
 end
 
 local function unhex(s)
+   if type(s) ~= "string" then error("dpo.train.unhex: expected a string, got " .. type(s), 2) end
    return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
 end
 
@@ -194,6 +206,9 @@ end
 -- The fingerprint of a tokenized dataset: every text and token count, and the
 -- tokenization options.
 local function data_key(ds)
+   if type(ds) ~= "table" or type(ds.tokenizer) ~= "function" or type(ds.iter) ~= "function" then
+      error("dpo.train.data_key: expected a dataset, got " .. tostring(ds), 2)
+   end
    local h = -3750763034362895579 -- the FNV offset basis, as a signed integer
    local opts = ds._tokopts or {}
    h = hash_update(h, format("%s|%s|%s|%s|%s", tostring(opts.max_length),
@@ -214,6 +229,10 @@ end
 -- its sum, its sum of squares and its dot product with a fixed random tensor
 -- (the generator's state is restored afterwards).
 local function weights_key(model)
+   if not (type(model) == "userdata" and getmetatable(model) and getmetatable(model).__name == "dpo.GPT"
+           and pcall(model.is_frozen, model)) then
+      error("dpo.train.weights_key: expected a model (dpo.gpt), got " .. tostring(model), 2)
+   end
    local h = -3750763034362895579
    local c = model:config()
    h = hash_update(h, format("%d|%d|%d|%d|%d", c.vocab_size, c.n_ctx, c.n_layer, c.n_head, c.n_embd))
@@ -360,6 +379,15 @@ end
 -- dpo.train.save_checkpoint(dir, {model, tokenizer, optimizer, state, ref})
 -- -> dir. Written into a temporary directory next to dir, then renamed.
 function train.save_checkpoint(dir, parts)
+   check_path("save_checkpoint", dir, "the directory", 2)
+   if type(parts) ~= "table" then
+      error("dpo.train.save_checkpoint: expected a table {model =, ...}, got " .. type(parts), 2)
+   end
+   local m = parts.model
+   if not (type(m) == "userdata" and getmetatable(m) and getmetatable(m).__name == "dpo.GPT"
+           and pcall(m.is_frozen, m)) then
+      error("dpo.train.save_checkpoint: model must be a model (dpo.gpt), got " .. tostring(m), 2)
+   end
    dir = dir:gsub("/+$", "")
    local parent, name = dir:match("^(.*)/([^/]+)$")
    if not parent then parent, name = ".", dir end
@@ -415,7 +443,7 @@ end
 -- dpo.train.load_checkpoint(dir) -> {path, model, tokenizer, state,
 -- optimizer_state, ref_tensors}
 function train.load_checkpoint(dir)
-   if type(dir) ~= "string" then error("load_checkpoint: expected a directory path, got " .. type(dir), 2) end
+   check_path("load_checkpoint", dir, "the directory", 2)
    dir = dir:gsub("/+$", "")
    local f, err = io.open(dir .. "/trainer_state.json", "rb")
    if not f then error("load_checkpoint: " .. err, 2) end
@@ -471,8 +499,9 @@ end
 -- directories are removed, and a .checkpoint-N.old (a save killed between
 -- its two renames) goes back to checkpoint-N.
 function train.latest_checkpoint(run_dir, say)
-   if type(run_dir) ~= "string" then
-      error("latest_checkpoint: expected a run directory, got " .. type(run_dir), 2)
+   check_path("latest_checkpoint", run_dir, "the run directory", 2)
+   if say ~= nil and type(say) ~= "function" then
+      error("dpo.train.latest_checkpoint: say must be a function(text), got " .. type(say), 2)
    end
    run_dir = run_dir:gsub("/+$", "")
    say = say or function() end
@@ -511,6 +540,7 @@ end
 
 -- dpo.train.checkpoints(run_dir) -> list of {step = n, path = p}, by step
 function train.checkpoints(run_dir)
+   check_path("checkpoints", run_dir, "the run directory", 2)
    local list = {}
    if lfs.attributes(run_dir, "mode") ~= "directory" then return list end
    for name in lfs.dir(run_dir) do
@@ -539,7 +569,12 @@ local function make_optimizer(spec, params, opts, lr0, fname)
       o.lr = lr0
       return ctor(params, o), spec
    elseif type(spec) == "function" then
-      return spec(params), "custom"
+      local opt = spec(params)
+      local mt = type(opt) == "table" and getmetatable(opt)
+      if not (mt and mt.__name == "dpo.Optimizer") then
+         fail(fname, "optimizer: the function returned %s, not an optimizer (dpo.optim)", tostring(opt))
+      end
+      return opt, "custom"
    elseif type(spec) == "table" and getmetatable(spec) and getmetatable(spec).__name == "dpo.Optimizer" then
       return spec, spec.kind
    end
@@ -610,16 +645,95 @@ local function check_keys(o, kind)
    end
 end
 
+local function is_model(m)
+   return type(m) == "userdata" and getmetatable(m) ~= nil and getmetatable(m).__name == "dpo.GPT"
+      and pcall(m.is_frozen, m)
+end
+
+-- Every option's type and range, before any work: a mistake names its option.
+local function check_options(o, kind, fname)
+   local function int(k, lo, hi)
+      local v = o[k]
+      if v ~= nil and (math.type(v) ~= "integer" or v < lo or (hi and v > hi)) then
+         fail(fname, "%s must be an integer %s, got %s", k,
+              hi and format("in %d..%d", lo, hi) or format(">= %d", lo), tostring(v))
+      end
+   end
+   local function typed(k, t, what)
+      local v = o[k]
+      if v ~= nil and type(v) ~= t then fail(fname, "%s must be %s, got %s", k, what, type(v)) end
+   end
+   for _, k in ipairs{ "batch_size", "grad_accum", "max_steps", "eval_pairs", "eval_batch_size",
+                       "log_every", "max_bad_steps" } do
+      int(k, 1)
+   end
+   int("eval_every", 0)
+   int("save_every", 0)
+   int("global_step", 0, 1 << 40)
+   if o.seed ~= nil and math.type(o.seed) ~= "integer" then
+      fail(fname, "seed must be an integer, got %s", tostring(o.seed))
+   end
+   if o.epochs ~= nil and not (finite(o.epochs) and o.epochs > 0) then
+      fail(fname, "epochs must be a number > 0, got %s", tostring(o.epochs))
+   end
+   typed("phase", "string", "a string")
+   typed("out", "string", "a directory path")
+   typed("ref_cache", "string", "a directory path")
+   typed("ref_source", "string", "a checkpoint path")
+   typed("optimizer_options", "table", "a table")
+   typed("loss_options", "table", "a table")
+   typed("on_log", "function", "a function(record)")
+   typed("on_eval", "function", "a function(record)")
+   if o.progress ~= nil and o.progress ~= "bar" and o.progress ~= "lines" and o.progress ~= "off" then
+      fail(fname, "progress must be \"bar\", \"lines\" or \"off\", got %s", tostring(o.progress))
+   end
+   if o.tokenizer ~= nil then
+      local t = o.tokenizer
+      if type(t) ~= "userdata" or not pcall(function() return t:vocab_size() end) then
+         fail(fname, "tokenizer must be a tokenizer (dpo.tokenizer), got %s", tostring(t))
+      end
+   end
+   if o.run ~= nil and (type(o.run) ~= "table" or getmetatable(o.run) == nil
+                        or getmetatable(o.run).__name ~= "dpo.log.Run") then
+      fail(fname, "run must be a run of dpo.log.open or dpo.log.memory, got %s", tostring(o.run))
+   end
+   if o.max_grad_norm ~= nil and o.max_grad_norm ~= false
+      and not (type(o.max_grad_norm) == "number" and o.max_grad_norm >= 0) then
+      fail(fname, "max_grad_norm must be a number >= 0 or false, got %s", tostring(o.max_grad_norm))
+   end
+   if type(o.lr) == "number" and not (finite(o.lr) and o.lr >= 0) then
+      fail(fname, "lr must be a finite number >= 0, got %s", tostring(o.lr))
+   end
+   if o.resume ~= nil and type(o.resume) ~= "string" and type(o.resume) ~= "table" then
+      fail(fname, "resume must be a checkpoint directory or dpo.train.load_checkpoint(dir), got %s",
+           type(o.resume))
+   end
+   if kind == "dpo" then
+      if type(o.beta) == "number" and not (finite(o.beta) and o.beta > 0) then
+         fail(fname, "beta must be a finite number > 0, got %s", tostring(o.beta))
+      end
+      if o.ref ~= nil and o.ref ~= false and not is_model(o.ref) then
+         fail(fname, "ref must be a model (dpo.gpt), false or nil, got %s", tostring(o.ref))
+      end
+      if o.loss ~= nil and type(o.loss) ~= "string" and type(o.loss) ~= "function" then
+         fail(fname, "loss must be a name of dpo.losses.list() or a function, got %s", type(o.loss))
+      end
+      typed("sync_ref", "table", "a table {tau =, alpha =}")
+   end
+end
+
 -- One training phase: kind is "sft" or "dpo".
 local function run_phase(kind, o)
    local fname = kind
    if type(o) ~= "table" then fail(fname, "expected a table of options") end
    check_keys(o, kind)
    local model = kind == "dpo" and (o.policy or o.model) or o.model
-   if model == nil or type(model) ~= "userdata" or not model.logps then
-      fail(fname, "%s must be a model (dpo.gpt.new or dpo.gpt.load)", kind == "dpo" and "policy" or "model")
+   if not is_model(model) then
+      fail(fname, "%s must be a model (dpo.gpt.new or dpo.gpt.load), got %s", kind == "dpo" and "policy" or "model",
+           tostring(model))
    end
    if model:is_frozen() then fail(fname, "the model is frozen; train a clone that is not") end
+   check_options(o, kind, fname)
    local ds = o.data
    check_dataset(ds, "data", fname)
    if o.eval_data ~= nil then check_dataset(o.eval_data, "eval_data", fname) end
@@ -1084,14 +1198,26 @@ local function run_phase(kind, o)
    }
 end
 
+-- A phase, its errors named after it: those raised deeper (a loss, a
+-- callback, the data) get "dpo.train.KIND: " in front; a stop by a signal (a
+-- table) goes through as it is.
+local function phase(kind, opts)
+   local ok, result = pcall(run_phase, kind, opts)
+   if ok then return result end
+   if type(result) == "string" and result:sub(1, 10) ~= "dpo.train." then
+      result = "dpo.train." .. kind .. ": " .. result
+   end
+   error(result, 0)
+end
+
 -- dpo.train.sft{model =, data =, ...} -> result (see the top of this file)
 function train.sft(opts)
-   return run_phase("sft", opts)
+   return phase("sft", opts)
 end
 
 -- dpo.train.dpo{policy =, data =, ref =, loss =, beta =, ...} -> result
 function train.dpo(opts)
-   return run_phase("dpo", opts)
+   return phase("dpo", opts)
 end
 
 train.hex, train.unhex = hex, unhex

@@ -3031,46 +3031,6 @@ case("dpo.cli.parse", {
 -- mend there: the case runs, and its problems are reported as pending until
 -- the fault is gone (then the entry must go, or the test fails).
 local KNOWN = {
-   -- lua/dpo/log.lua
-   ["dpo.log.clock_str"] = "a string raises Lua's arithmetic error; -inf fails inside string.format",
-   ["dpo.log.encode"] = "a record that is not a table fails in 'for iterator'; a function value " ..
-      "gives cjson's message without the key",
-   ["dpo.log.unescape_slashes"] = "a table fails as \"method 'gsub'\"",
-   ["dpo.log.mkdirs"] = "a non-string fails in lfs 'attributes'; a path with a zero byte is " ..
-      "cut at the byte and the cut path made",
-   ["dpo.log.rmtree"] = "a non-string fails in lfs 'symlinkattributes'; a path with a zero byte " ..
-      "is cut at the byte, and recursed into without end when the cut path is a non-empty directory",
-   ["dpo.log.read"] = "a non-string fails in io 'open'; a path with a zero byte is read cut at the byte",
-   ["dpo.log.open"] = "a path with a zero byte makes the cut directory before failing in write_file; " ..
-      "options 'x' are taken for none; a config that is not a table fails in 'for iterator'",
-   ["dpo.log.progress"] = "no option is checked: every, first, total, width accept NaN, strings " ..
-      "and negatives, mode and phase non-strings; options 'x' are taken for none",
-   ["dpo.log.Run.log"] = "a closed run takes the record and drops it from metrics.jsonl",
-   ["dpo.log.Progress.update"] = "a step of NaN, inf, 2^53 or 1.5 is drawn or fails in string.format; " ..
-      "metrics 'x' are taken for none",
-   ["dpo.log.Progress.status"] = "a step that is not an integer fails in string.format",
-   ["dpo.log.Progress.print"] = "a text that is not a string fails in 'write'",
-   -- lua/dpo/train.lua
-   ["dpo.train.hex"] = "a table fails as \"method 'gsub'\"",
-   ["dpo.train.unhex"] = "a table fails as \"method 'gsub'\"",
-   ["dpo.train.data_key"] = "a non-dataset fails as \"method 'tokenizer'\"",
-   ["dpo.train.weights_key"] = "a non-model fails as \"method 'config'\", a closed one as " ..
-      "\"calling 'config' on bad self\"",
-   ["dpo.train.save_checkpoint"] = "a table for dir fails as \"method 'gsub'\"",
-   ["dpo.train.checkpoints"] = "a non-string fails in lfs 'attributes'; a path with a zero byte is cut",
-   ["dpo.train.latest_checkpoint"] = "a path with a zero byte is cut at the byte",
-   ["dpo.train.sft"] = "eval_every, log_every, save_every, global_step and max_bad_steps are not " ..
-      "checked (NaN, inf, negatives, fractions, strings run); phase, progress and tokenizer take " ..
-      "any value (a freed tokenizer too); other bad options fail deep inside (eval.nll, batches, " ..
-      "the optimizer, on_log) naming that function instead of the option",
-   ["dpo.train.dpo"] = "as dpo.train.sft, and ref, loss_options fail deep inside",
-   -- lua/dpo/cli.lua
-   ["dpo.cli.closest"] = "a non-string name or candidate fails deep inside (local 'a'); " ..
-      "candidates 'x' are taken for none",
-   ["dpo.cli.dump"] = "opts 'x' are taken for none",
-   ["dpo.cli.help"] = "defaults 'x' fail in 'for iterator'",
-   ["dpo.cli.try_parse"] = "argv 'x' is taken for an empty command line (parse would then exit); " ..
-      "defaults 'x' fail in 'for iterator'",
 }
 
 describe("the public surface", function()
