@@ -19,7 +19,8 @@
 --                          The keys `step` and `phase` come first, then the
 --                          rest sorted.
 --   run:elapsed()          seconds since open
---   run:close()
+--   run:close()            a closed run refuses run:log (a memory run has
+--                          nothing to close)
 --   dpo.log.memory()       a run that keeps records in memory only (no files)
 --   dpo.log.read(path)     the records of a metrics.jsonl file (a list)
 --   dpo.log.encode(record [, exact])  the JSON line of a record; numbers
@@ -31,9 +32,11 @@
 --       mode: "bar" (redrawn in place), "lines" (a line every `every` steps,
 --       default total/20, and at the last), "off"; nil: DPOLUA_PROGRESS=bar|
 --       lines|off from the environment, else "bar" when the stream is a
---       terminal and "lines" otherwise.
+--       terminal and "lines" otherwise. total, every, first and width
+--       are integers (width at most 1000); other option names are refused.
 --   bar:update(step, {loss = ..., ["rewards/accuracies"] = ...})
---       step/total, steps/s, ETA, loss and accuracy (when present)
+--       step (an integer) of total: step/total, steps/s, ETA, loss and
+--       accuracy (when present)
 --   bar:print(text)        a line of text (a warning, an eval summary) that
 --                          does not break the bar
 --   bar:finish()           end the bar's line
@@ -53,16 +56,46 @@ local log = {}
 
 local format = string.format
 
+-- ---- arguments -------------------------------------------------------------------------
+
+-- A value as an error message shows it: numbers and strings as written,
+-- anything else by its type.
+local function show(v)
+   if type(v) == "number" then return v ~= v and "NaN" or tostring(v) end
+   if type(v) == "string" then return format("%q", v) end
+   return type(v)
+end
+
+-- A path argument of log.<fname>: a string without zero bytes (the system
+-- would cut it there and act on another file).
+local function check_path(fname, p, what, level)
+   if type(p) ~= "string" then
+      error(format("dpo.log.%s: %s must be a string, got %s", fname, what, type(p)), level + 1)
+   end
+   if p:find("\0", 1, true) then
+      error(format("dpo.log.%s: %s %q holds a zero byte", fname, what, p), level + 1)
+   end
+end
+
+-- v as an integer when it is one (a float with an integral value of at most
+-- 2^53 in magnitude counts), else nil.
+local function as_integer(v)
+   if math.type(v) == "integer" then return v end
+   if math.type(v) == "float" and v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
+      return math.tointeger(v)
+   end
+   return nil
+end
+
 -- ---- directories ------------------------------------------------------------------
 
--- log.mkdirs(path) -> true | nil, "path: reason": create path and its parents.
-function log.mkdirs(path)
+local function mkdirs(path)
    local mode = lfs.attributes(path, "mode")
    if mode == "directory" then return true end
    if mode then return nil, path .. ": exists and is not a directory" end
    local parent = path:match("^(.*[^/])/+[^/]+/*$")
    if parent and parent ~= "" then
-      local ok, err = log.mkdirs(parent)
+      local ok, err = mkdirs(parent)
       if not ok then return nil, err end
    end
    local ok, err = lfs.mkdir(path)
@@ -72,10 +105,13 @@ function log.mkdirs(path)
    return true
 end
 
--- log.rmtree(path) -> true | nil, "path: reason": remove path and, when it
--- is a directory, everything under it. Symbolic links are removed, never
--- followed.
-function log.rmtree(path)
+-- log.mkdirs(path) -> true | nil, "path: reason": create path and its parents.
+function log.mkdirs(path)
+   check_path("mkdirs", path, "path", 2)
+   return mkdirs(path)
+end
+
+local function rmtree(path)
    local attr = lfs.symlinkattributes(path)
    if not attr then return true end
    if attr.mode == "directory" then
@@ -84,7 +120,7 @@ function log.rmtree(path)
          if name ~= "." and name ~= ".." then names[#names + 1] = name end
       end
       for _, name in ipairs(names) do
-         local ok, err = log.rmtree(path .. "/" .. name)
+         local ok, err = rmtree(path .. "/" .. name)
          if not ok then return nil, err end
       end
       local ok, err = lfs.rmdir(path)
@@ -94,6 +130,14 @@ function log.rmtree(path)
    local ok, err = os.remove(path)
    if not ok then return nil, tostring(err) end
    return true
+end
+
+-- log.rmtree(path) -> true | nil, "path: reason": remove path and, when it
+-- is a directory, everything under it. Symbolic links are removed, never
+-- followed.
+function log.rmtree(path)
+   check_path("rmtree", path, "path", 2)
+   return rmtree(path)
 end
 
 -- The names in directory path (without . and ..), sorted.
@@ -114,6 +158,7 @@ end
 
 -- ---- JSON ----------------------------------------------------------------------------
 
+-- The JSON of one value, or nil and what is wrong with it.
 local function encode_value(v, exact)
    if type(v) == "number" then
       if v ~= v or v == math.huge or v == -math.huge then return "null" end
@@ -127,12 +172,17 @@ local function encode_value(v, exact)
       end
       return format("%.8g", v)
    end
-   if type(v) == "table" then return cjson.encode(v) end
-   return cjson.encode(v)
+   if v == cjson.null then return "null" end
+   if type(v) == "string" or type(v) == "boolean" or type(v) == "table" then
+      local ok, s = pcall(cjson.encode, v)
+      if not ok then return nil, tostring(s) end
+      return s
+   end
+   return nil, "a " .. type(v) .. " (a record holds numbers, strings, booleans and tables)"
 end
 
--- log.encode(record) -> one line of JSON, `step` and `phase` first.
-function log.encode(rec, exact)
+-- The JSON line of record rec, or nil and what is wrong with it.
+local function encode(rec, exact)
    local keys = {}
    for k in pairs(rec) do
       if type(k) == "string" and k ~= "step" and k ~= "phase" then keys[#keys + 1] = k end
@@ -141,19 +191,37 @@ function log.encode(rec, exact)
    if rec.phase ~= nil then table.insert(keys, 1, "phase") end
    if rec.step ~= nil then table.insert(keys, 1, "step") end
    local parts = {}
-   for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ":" .. encode_value(rec[k], exact) end
-   return log.unescape_slashes("{" .. table.concat(parts, ",") .. "}")
+   for i, k in ipairs(keys) do
+      local v, err = encode_value(rec[k], exact)
+      if not v then return nil, format("field %q: %s", k, err) end
+      parts[i] = cjson.encode(k) .. ":" .. v
+   end
+   return (("{" .. table.concat(parts, ",") .. "}"):gsub("\\/", "/"))
+end
+
+-- log.encode(record) -> one line of JSON, `step` and `phase` first.
+function log.encode(rec, exact)
+   if type(rec) ~= "table" then
+      error("dpo.log.encode: the record must be a table, got " .. type(rec), 2)
+   end
+   local line, err = encode(rec, exact)
+   if not line then error("dpo.log.encode: " .. err, 2) end
+   return line
 end
 
 -- lua-cjson writes "/" as "\/"; metric names read better without. In its
 -- output a backslash followed by "/" is always that escape (a literal
 -- backslash is doubled and a "/" never follows one unescaped), so this is exact.
 function log.unescape_slashes(json)
+   if type(json) ~= "string" then
+      error("dpo.log.unescape_slashes: expected a string, got " .. type(json), 2)
+   end
    return (json:gsub("\\/", "/"))
 end
 
 -- log.read(path) -> list of records | nil, "path: reason"
 function log.read(path)
+   check_path("read", path, "path", 2)
    local f, err = io.open(path, "rb")
    if not f then return nil, err end
    local out, n = {}, 0
@@ -196,19 +264,29 @@ function Run:log(rec)
    if type(rec) ~= "table" then
       error("dpo.log: run:log expects a table of metrics, got " .. type(rec), 2)
    end
+   if self.closed then
+      error(format("dpo.log: run:log on a closed run (%s)", tostring(self.path)), 2)
+   end
    local copy = {}
    for k, v in pairs(rec) do copy[k] = v end
+   local line, msg = encode(copy)
+   if not line then error("dpo.log: run:log: " .. msg, 2) end
    self.records[#self.records + 1] = copy
    if self.file then
-      local ok, err = self.file:write(log.encode(copy), "\n")
+      local ok, err = self.file:write(line, "\n")
       if ok then ok, err = self.file:flush() end
       if not ok then error(format("dpo.log: cannot write %s: %s", self.path, tostring(err)), 2) end
    end
    return copy
 end
 
+-- run:close(): a run with files takes no more records (closing twice is
+-- harmless); a run in memory stays open.
 function Run:close()
-   if self.file then self.file:close() end
+   if self.file then
+      self.file:close()
+      self.closed = true
+   end
    self.file = nil
 end
 
@@ -222,7 +300,26 @@ function log.open(dir, opts)
    if type(dir) ~= "string" or dir == "" then
       error("dpo.log.open: expected a directory path, got " .. tostring(dir), 2)
    end
+   check_path("open", dir, "directory path", 2)
+   if opts ~= nil and type(opts) ~= "table" then
+      error("dpo.log.open: opts must be a table, got " .. type(opts), 2)
+   end
    opts = opts or {}
+   local config_line
+   if opts.config ~= nil then
+      if type(opts.config) ~= "table" then
+         error("dpo.log.open: config must be a table, got " .. type(opts.config), 2)
+      end
+      local msg
+      config_line, msg = encode(opts.config, true)
+      if not config_line then error("dpo.log.open: config " .. msg, 2) end
+   end
+   local elapsed = opts.elapsed
+   if elapsed == cjson.null then elapsed = nil end -- (a state file's null)
+   if elapsed ~= nil and (type(elapsed) ~= "number" or elapsed ~= elapsed or elapsed == math.huge
+                          or elapsed == -math.huge) then
+      error("dpo.log.open: elapsed must be a finite number of seconds, got " .. show(elapsed), 2)
+   end
    dir = dir:gsub("/+$", "")
    local mode = lfs.attributes(dir, "mode")
    if mode and mode ~= "directory" then
@@ -231,6 +328,11 @@ function log.open(dir, opts)
    if opts.resume ~= nil then
       if type(opts.resume) ~= "table" then
          error("dpo.log.open: resume must be a list of records, got " .. type(opts.resume), 2)
+      end
+      for i, rec in ipairs(opts.resume) do
+         if type(rec) ~= "table" then
+            error(format("dpo.log.open: resume record %d must be a table, got %s", i, type(rec)), 2)
+         end
       end
       if mode ~= "directory" then error(format("dpo.log.open: %s: no such run directory", dir), 2) end
       local path = dir .. "/metrics.jsonl"
@@ -255,7 +357,9 @@ function log.open(dir, opts)
          local line = old[i]
          local okd, was = pcall(cjson.decode, line or "")
          if not (okd and type(was) == "table" and was.step == copy.step and was.phase == copy.phase) then
-            line = log.encode(copy)
+            local err
+            line, err = encode(copy)
+            if not line then error(format("dpo.log.open: resume record %d: %s", i, err), 2) end
          end
          lines[i] = line .. "\n"
       end
@@ -264,7 +368,7 @@ function log.open(dir, opts)
       local f, e = io.open(path, "ab")
       if not f then error("dpo.log.open: " .. e, 2) end
       return setmetatable({ dir = dir, path = path, file = f, records = records,
-                            started = core.clock() - (tonumber(opts.elapsed) or 0) }, Run)
+                            started = core.clock() - (elapsed or 0) }, Run)
    end
    if mode == "directory" then
       local names = list_dir(dir)
@@ -287,16 +391,16 @@ function log.open(dir, opts)
                          table.concat(foreign, ", ")), 2)
          end
          for _, name in ipairs(names) do
-            local ok, err = log.rmtree(dir .. "/" .. name)
+            local ok, err = rmtree(dir .. "/" .. name)
             if not ok then error("dpo.log.open: " .. err, 2) end
          end
       end
    else
-      local ok, err = log.mkdirs(dir)
+      local ok, err = mkdirs(dir)
       if not ok then error("dpo.log.open: cannot create " .. err, 2) end
    end
-   if opts.config ~= nil then
-      local ok, err = core.write_file(dir .. "/run.json", log.encode(opts.config, true) .. "\n")
+   if config_line then
+      local ok, err = core.write_file(dir .. "/run.json", config_line .. "\n")
       if not ok then error("dpo.log.open: " .. err, 2) end
    end
    local path = dir .. "/metrics.jsonl"
@@ -319,9 +423,14 @@ local function is_tty(stream)
 end
 log.is_tty = is_tty
 
--- "1:05", "12:03:09"
+-- log.clock_str(seconds) -> "1:05", "12:03:09"; "?" for a time not known
+-- (NaN, inf) or too long to show.
 local function clock_str(s)
-   if s ~= s or s == math.huge then return "?" end
+   if type(s) ~= "number" then
+      error("dpo.log.clock_str: seconds must be a number, got " .. show(s), 2)
+   end
+   if s == -math.huge then error("dpo.log.clock_str: seconds must not be -inf", 2) end
+   if s ~= s or s >= 2 ^ 53 or s <= -2 ^ 53 then return "?" end
    s = math.floor(s + 0.5)
    if s >= 3600 then return format("%d:%02d:%02d", s // 3600, s % 3600 // 60, s % 60) end
    return format("%d:%02d", s // 60, s % 60)
@@ -338,28 +447,80 @@ end
 
 local Progress = {}
 Progress.__index = Progress
+Progress.__name = "dpo.log.Progress"
+
+local PROGRESS_OPTIONS = { total = true, phase = true, mode = true, stream = true, every = true,
+                           first = true, width = true }
+local MODES = { bar = true, lines = true, off = true }
+
+-- The integer option opts[key] of log.progress, in [lo, hi], or default.
+local function int_option(opts, key, lo, hi, default)
+   local v = opts[key]
+   if v == nil then return default end
+   local n = as_integer(v)
+   if not n or n < lo or n > hi then
+      error(format("dpo.log.progress: %s must be an integer in [%d, %d], got %s", key, lo, hi,
+                   show(v)), 3)
+   end
+   return n
+end
+
+local MAX_STEP = (1 << 53) - 1
 
 function log.progress(opts)
+   if opts ~= nil and type(opts) ~= "table" then
+      error("dpo.log.progress: opts must be a table, got " .. type(opts), 2)
+   end
    opts = opts or {}
-   local stream = opts.stream or io.stderr
-   local mode = opts.mode
-   if mode == false then mode = "off" end
-   if mode ~= "bar" and mode ~= "lines" and mode ~= "off" then
-      mode = os.getenv("DPOLUA_PROGRESS")
-      if mode ~= "bar" and mode ~= "lines" and mode ~= "off" then
-         mode = is_tty(stream) and "bar" or "lines"
+   for k in pairs(opts) do
+      if not PROGRESS_OPTIONS[k] then
+         error(format("dpo.log.progress: unknown option %s", show(k)), 2)
       end
    end
-   local total = opts.total or 0
+   local stream = opts.stream or io.stderr
+   local okw, write = pcall(function() return stream.write end)
+   if not okw or write == nil then
+      error("dpo.log.progress: stream must be a file (with a write method), got " .. type(stream),
+            2)
+   end
+   local mode = opts.mode
+   if mode == false then mode = "off" end
+   if mode ~= nil and not MODES[mode] then
+      error(format("dpo.log.progress: mode must be \"bar\", \"lines\" or \"off\", got %s",
+                   show(mode)), 2)
+   end
+   if mode == nil then
+      mode = os.getenv("DPOLUA_PROGRESS")
+      if not MODES[mode] then mode = is_tty(stream) and "bar" or "lines" end
+   end
+   if opts.phase ~= nil and type(opts.phase) ~= "string" then
+      error("dpo.log.progress: phase must be a string, got " .. type(opts.phase), 2)
+   end
+   local total = int_option(opts, "total", 0, MAX_STEP, 0)
    return setmetatable({
       stream = stream, mode = mode, total = total, phase = opts.phase or "train",
-      every = opts.every or math.max(1, total // 20), first = opts.first or 0,
-      started = core.clock(), drawn = false, width = opts.width or 24,
+      every = int_option(opts, "every", 1, MAX_STEP, math.max(1, total // 20)),
+      first = int_option(opts, "first", -MAX_STEP, MAX_STEP, 0),
+      started = core.clock(), drawn = false, width = int_option(opts, "width", 1, 1000, 24),
    }, Progress)
 end
 
--- The text after the bar: rate, ETA, loss, accuracy.
+-- The step and metrics of bar:<fname>(step, m), checked.
+local function check_step(fname, step, m)
+   local n = as_integer(step)
+   if not n then
+      error(format("dpo.log: bar:%s expects an integer step, got %s", fname, show(step)), 3)
+   end
+   if m ~= nil and type(m) ~= "table" then
+      error(format("dpo.log: bar:%s expects a table of metrics, got %s", fname, type(m)), 3)
+   end
+   return n
+end
+
+-- bar:status(step [, metrics]) -> the text after the bar: rate, ETA, loss,
+-- accuracy.
 function Progress:status(step, m)
+   step = check_step("status", step, m)
    local done = step - self.first
    local dt = core.clock() - self.started
    local rate = dt > 0 and done / dt or 0
@@ -368,13 +529,19 @@ function Progress:status(step, m)
                    "ETA " .. clock_str(left) }
    if m then
       if m.loss then parts[#parts + 1] = "loss " .. num(m.loss) end
-      if m["rewards/accuracies"] then parts[#parts + 1] = "acc " .. format("%.3f", m["rewards/accuracies"]) end
+      local acc = m["rewards/accuracies"]
+      if acc then
+         parts[#parts + 1] = "acc " .. (type(acc) == "number" and format("%.3f", acc)
+                                        or tostring(acc))
+      end
       if m["rewards/margins"] then parts[#parts + 1] = "margin " .. num(m["rewards/margins"]) end
    end
    return table.concat(parts, "  ")
 end
 
+-- bar:update(step [, metrics]): draw the bar (or write a line) for step.
 function Progress:update(step, m)
+   step = check_step("update", step, m)
    if self.mode == "off" then return end
    local done = step - self.first
    if self.mode == "bar" then
@@ -390,7 +557,11 @@ function Progress:update(step, m)
    end
 end
 
+-- bar:print(text): a line of text that does not break the bar.
 function Progress:print(text)
+   if type(text) ~= "string" and type(text) ~= "number" then
+      error("dpo.log: bar:print expects a string, got " .. type(text), 2)
+   end
    if self.mode == "bar" and self.drawn then
       self.stream:write("\r\27[K")
       self.drawn = false
