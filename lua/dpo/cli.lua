@@ -68,6 +68,17 @@ end
 -- cli.closest(name, candidates) -> the candidate nearest to name, when it is
 -- near enough to be a likely misspelling (or name is its last dotted part).
 function cli.closest(name, candidates)
+   if type(name) ~= "string" then
+      error("dpo.cli.closest: name must be a string, got " .. type(name), 2)
+   end
+   if type(candidates) ~= "table" then
+      error("dpo.cli.closest: candidates must be a list of strings, got " .. type(candidates), 2)
+   end
+   for i, c in ipairs(candidates) do
+      if type(c) ~= "string" then
+         error(format("dpo.cli.closest: candidate %d must be a string, got %s", i, type(c)), 2)
+      end
+   end
    local best, bestd
    for _, c in ipairs(candidates) do
       local d = distance(name, c)
@@ -87,6 +98,9 @@ local TYPES = { string = true, number = true, integer = true, boolean = true }
 -- alias, choices, show} and a map from every name and alias to its entry.
 local function compile(spec, overrides)
    if type(spec) ~= "table" then error("dpo.cli: the spec must be a table", 3) end
+   if overrides ~= nil and type(overrides) ~= "table" then
+      error("dpo.cli: the defaults must be a table of option values, got " .. type(overrides), 3)
+   end
    local list, by = {}, {}
    for i, o in ipairs(spec) do
       local name, default, help = o[1] or o.name, o[2], o[3] or o.help or ""
@@ -230,7 +244,16 @@ end
 
 -- ---- parsing ------------------------------------------------------------------------
 
+-- The command line of cli.<fname>: nil (none) or a list of strings (arg).
+local function check_argv(fname, argv)
+   if argv ~= nil and type(argv) ~= "table" then
+      error(format("dpo.cli.%s: argv must be a table of arguments (arg), got %s", fname,
+                   type(argv)), 3)
+   end
+end
+
 function cli.try_parse(argv, spec, overrides)
+   check_argv("try_parse", argv)
    local list, by = compile(spec, overrides)
    argv = argv or {}
    local names = {}
@@ -307,6 +330,7 @@ function cli.try_parse(argv, spec, overrides)
 end
 
 function cli.parse(argv, spec, overrides)
+   check_argv("parse", argv)
    local opts, msg, kind = cli.try_parse(argv, spec, overrides)
    if opts then return opts end
    if kind == "help" then
@@ -323,6 +347,12 @@ end
 -- cli.dump(opts) -> the values of parsed options as a sorted list of
 -- "name=value" lines (for logs and reports).
 function cli.dump(opts)
+   if type(opts) ~= "table" then
+      error("dpo.cli.dump: opts must be the table cli.parse returned, got " .. type(opts), 2)
+   end
+   if opts._flat ~= nil and type(opts._flat) ~= "table" then
+      error("dpo.cli.dump: opts._flat must be a table, got " .. type(opts._flat), 2)
+   end
    local keys = {}
    for k in pairs(opts._flat or {}) do keys[#keys + 1] = k end
    table.sort(keys)
