@@ -16,8 +16,7 @@
 
 static const char *const fuzz_texts[] = {
     "Hello world! It's 2024, isn't it?\n\n  Human: hi\n\nAssistant: ok",
-    "<|endoftext|><s></s><pad> \xc3\xa9t\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80 "
-    "\xff\xfe x",
+    "<|endoftext|><s></s><pad> \xc3\xa9t\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80 \xff\xfe x",
     "a b c aa bb cc abc  \t\r\n 123 4567 ''s 're 've 'll 'd 'm 't",
 };
 #define FUZZ_NTEXTS (sizeof fuzz_texts / sizeof *fuzz_texts)
