@@ -113,7 +113,7 @@ M.spec = {
 
 local function die(msg)
    io.stderr:write("hh.lua: ", msg, "\n")
-   os.exit(1)
+   os.exit(1, true)
 end
 
 -- The train and test files of the --data directory.
@@ -221,7 +221,7 @@ local function phase(fn, opts, how_to_resume)
       io.stdout:flush()
       io.stderr:write(tostring(result), "\n")
       if result.checkpoint then io.stderr:write("resume with: ", how_to_resume, "\n") end
-      os.exit(result.exit_code)
+      os.exit(result.exit_code, true)
    end
    die(tostring(result))
 end
@@ -249,7 +249,7 @@ function M.main(argv, defaults)
       io.stdout:flush()
       io.stderr:write(("stopped by %s %s; the last checkpoint is %s\nresume with: %s\n"):format(
          sig, where, checkpoint, how_to_resume))
-      os.exit(code)
+      os.exit(code, true)
    end
 
    -- the data files and the run directory: a mistake is reported before any work
