@@ -83,6 +83,7 @@
 -- With sft = true only the chosen rows: [B, T]. A seed gives the same batches on
 -- every run; each epoch has its own permutation of the seed.
 local core = require "dpo.core"
+local check = require "dpo.check"
 local cjson = require("cjson").new()
 local lfs = require "lfs"
 
@@ -99,13 +100,7 @@ local THIS = debug.getinfo(1, "S").source
 
 -- Raise msg at the first caller outside this file (the user's line).
 local function raise(msg)
-   local level = 2
-   while true do
-      local info = debug.getinfo(level, "S")
-      if not info or info.source ~= THIS then break end
-      level = level + 1
-   end
-   error(msg, level)
+   check.raise(THIS, msg)
 end
 
 local function argerror(k, fname, msg)

@@ -38,6 +38,7 @@
 --       Generation stops at the tokenizer's eos.
 --   dpo.eval.format_samples(list [, {policy_name, ref_name}]) -> text for a terminal
 local core = require "dpo.core"
+local check = require "dpo.check"
 
 local eval = {}
 
@@ -64,13 +65,7 @@ local THIS = debug.getinfo(1, "S").source
 
 -- Raise "dpo.eval.<fname>: msg" at the first caller outside this file.
 local function bad(fname, msg, ...)
-   local level = 2
-   while true do
-      local info = debug.getinfo(level, "S")
-      if not info or info.source ~= THIS then break end
-      level = level + 1
-   end
-   error(format("dpo.eval.%s: " .. msg, fname, ...), level)
+   check.raise(THIS, format("dpo.eval.%s: " .. msg, fname, ...))
 end
 
 -- m must be a live model (anything with logps, as dpo.train takes).

@@ -31,6 +31,8 @@
 -- is a callable table {name, make}; ds:filter calls make() for a predicate
 -- with fresh state (dedupe's memory), so one filter object serves many
 -- datasets. dpo.filters.new(name, make) makes one.
+local check = require "dpo.check"
+
 local filters = {}
 
 local find, sub, format = string.find, string.sub, string.format
@@ -59,13 +61,7 @@ local THIS = debug.getinfo(1, "S").source
 
 -- Raise "dpo.filters.name: msg" at the first caller outside this file.
 local function caller_error(name, msg)
-   local level = 2
-   while true do
-      local info = debug.getinfo(level, "S")
-      if not info or info.source ~= THIS then break end
-      level = level + 1
-   end
-   error(format("dpo.filters.%s: %s", name, msg), level)
+   check.raise(THIS, format("dpo.filters.%s: %s", name, msg))
 end
 
 --[[

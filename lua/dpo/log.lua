@@ -49,6 +49,7 @@
 -- `eval/...`), plus `step`, `phase`, `epoch`, `tokens_per_second`,
 -- `num_tokens` and `elapsed` (seconds since the run began).
 local core = require "dpo.core"
+local check = require "dpo.check"
 local cjson = require("cjson").new()
 local lfs = require "lfs"
 
@@ -66,15 +67,9 @@ local function show(v)
    return type(v)
 end
 
--- A path argument of log.<fname>: a string without zero bytes (the system
--- would cut it there and act on another file).
+-- A path argument of log.<fname> (see dpo.check).
 local function check_path(fname, p, what, level)
-   if type(p) ~= "string" then
-      error(format("dpo.log.%s: %s must be a string, got %s", fname, what, type(p)), level + 1)
-   end
-   if p:find("\0", 1, true) then
-      error(format("dpo.log.%s: %s %q holds a zero byte", fname, what, p), level + 1)
-   end
+   check.path("dpo.log." .. fname, p, what, level + 1)
 end
 
 -- v as an integer when it is one (a float with an integral value of at most

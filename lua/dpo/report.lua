@@ -26,6 +26,7 @@
 -- report.chart(spec, records) -> one SVG (spec: {title, series = {{key =,
 -- label =, color =, eval = bool}}, y_min, y_max}) for other plots.
 local core = require "dpo.core"
+local check = require "dpo.check"
 local last_turn = require("dpo.eval").last_turn
 
 local report = {}
@@ -38,13 +39,7 @@ local THIS = debug.getinfo(1, "S").source
 
 -- Raise "dpo.report.<fname>: msg" at the first caller outside this file.
 local function bad(fname, msg, ...)
-   local level = 2
-   while true do
-      local info = debug.getinfo(level, "S")
-      if not info or info.source ~= THIS then break end
-      level = level + 1
-   end
-   error(format("dpo.report.%s: " .. msg, fname, ...), level)
+   check.raise(THIS, format("dpo.report.%s: " .. msg, fname, ...))
 end
 
 -- v must be nil or of type ty.

@@ -106,6 +106,7 @@
 -- complete one, which stays as it was. The final checkpoint of a phase has
 -- complete = true in its trainer_state.json.
 local core = require "dpo.core"
+local check = require "dpo.check"
 local cjson = require("cjson").new()
 local lfs = require "lfs"
 local log = require "dpo.log"
@@ -135,14 +136,9 @@ local function fail(fname, msg, ...)
    error(format("dpo.train.%s: " .. msg, fname, ...), 0)
 end
 
--- A path argument: a string without zero bytes (the system would cut it there).
-local function check_path(fnname, p, what, level)
-   if type(p) ~= "string" then
-      error(format("dpo.train.%s: %s must be a path (a string), got %s", fnname, what, type(p)), level + 1)
-   end
-   if p:find("\0", 1, true) then
-      error(format("dpo.train.%s: %s holds a zero byte: %q", fnname, what, p), level + 1)
-   end
+-- A path argument of train.<fname> (see dpo.check).
+local function check_path(fname, p, what, level)
+   check.path("dpo.train." .. fname, p, what, level + 1)
 end
 
 local function hex(s)
