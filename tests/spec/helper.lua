@@ -15,6 +15,9 @@
 -- h.listing(dir): the names in dir, sorted, without "." and "..".
 -- h.tmpdir(): a new temporary directory; h.cleanup() removes every one made
 --   (call it from a teardown).
+-- h.quote(s): s as one word of sh; h.abspath(p): p made absolute (specs run
+--   from the repository root); h.DPOLUA: the dpolua under test ($DPOLUA, else
+--   build/dpolua), absolute.
 local luassert = require "luassert"
 local has_busted, busted = pcall(require, "busted")
 
@@ -121,6 +124,19 @@ function h.listing(dir)
    table.sort(names)
    return names
 end
+
+-- ---- processes ---------------------------------------------------------------
+
+function h.quote(s)
+   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+function h.abspath(p)
+   if p:sub(1, 1) == "/" then return p end
+   return require("lfs").currentdir() .. "/" .. p
+end
+
+h.DPOLUA = h.abspath(os.getenv("DPOLUA") or "build/dpolua")
 
 local made = {}
 

@@ -9,16 +9,7 @@ local list = h.listing
 local read, tmpdir = h.read, h.tmpdir
 teardown(h.cleanup)
 
-local function shell_quote(s)
-   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function abspath(p)
-   if p:sub(1, 1) == "/" then return p end
-   return lfs.currentdir() .. "/" .. p
-end
-
-local DPOLUA = abspath(os.getenv("DPOLUA") or "build/dpolua")
+local shell_quote, DPOLUA = h.quote, h.DPOLUA
 
 -- Temporary directories, removed when the file's tests are done.
 

@@ -12,16 +12,7 @@ local h = dofile("tests/spec/helper.lua")
 local read, tmpdir, listing = h.read, h.tmpdir, h.listing
 teardown(h.cleanup)
 
-local function quote(s)
-   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function abspath(p)
-   if p:sub(1, 1) == "/" then return p end
-   return lfs.currentdir() .. "/" .. p
-end
-
-local DPOLUA = abspath(os.getenv("DPOLUA") or "build/dpolua")
+local quote, DPOLUA = h.quote, h.DPOLUA
 local FAULTS = os.getenv("DPO_FAULTS_LIB")
 local SANITIZE = os.getenv("DPO_SANITIZE") == "1"
 
@@ -34,7 +25,7 @@ local ARGS = { "--sft.steps=12", "--dpo.steps=12", "--save_every=4", "--log_ever
 local FINAL = "checkpoint-24"
 
 -- `dpolua recipes/hh.lua args...` with env (a table of NAME = value) and
--- the stop hook loaded; returns {code, out, err, seconds}. background = the
+-- the stop hook loaded; returns {code, out, err, seconds}. kill_after: the
 -- seconds after which it gets SIGKILL instead.
 local function hh(args, env, kill_after)
    local out, err = os.tmpname(), os.tmpname()
