@@ -19,25 +19,8 @@ local GPT2_DIR = os.getenv("DPO_GPT2_DIR")
 
 -- ---- helpers ---------------------------------------------------------------------
 
-local function tmpdir()
-   local p = os.tmpname()
-   os.remove(p)
-   assert(lfs.mkdir(p))
-   return p
-end
-
-
-
-local function rmtree(p)
-   if lfs.attributes(p, "mode") == "directory" then
-      for name in lfs.dir(p) do
-         if name ~= "." and name ~= ".." then rmtree(p .. "/" .. name) end
-      end
-      lfs.rmdir(p)
-   else
-      os.remove(p)
-   end
-end
+local tmpdir = h.tmpdir
+teardown(h.cleanup)
 
 local function gpt2_dir()
    assert(GPT2_DIR and GPT2_DIR ~= "",
@@ -146,7 +129,6 @@ local function hf_encode(path, texts)
    local ok = os.execute(cmd)
    local err = read(tmp .. "/err.txt")
    local out = ok and cjson.decode(read(tmp .. "/out.json"))
-   rmtree(tmp)
    assert(ok, "Hugging Face's tokenizers could not read " .. path .. ": " .. err)
    return out
 end
@@ -157,7 +139,6 @@ local function check_hf_agrees(tok, texts)
    local dir = tmpdir()
    tok:save(dir)
    local hf = hf_encode(dir .. "/tokenizer.json", texts)
-   rmtree(dir)
    for i, text in ipairs(texts) do
       local ours = tok:encode(text):totable()
       if not same_list(ours, hf.ids[i]) then
@@ -292,7 +273,6 @@ describe("a tiny vocabulary written for the tests", function()
       local dir = tmpdir()
       json_tok:save(dir .. "/again.json")
       local again = dpo.tokenizer.load(dir .. "/again.json")
-      rmtree(dir)
       for _, c in ipairs(cases) do
          assert.are.same(json_tok:encode(c[1]):totable(), again:encode(c[1]):totable())
       end
@@ -312,7 +292,6 @@ describe("tokenizer.json options", function()
       local dir = tmpdir()
       write(dir .. "/tokenizer.json", s)
       local tok = dpo.tokenizer.load(dir .. "/tokenizer.json")
-      rmtree(dir)
       return tok
    end
 
@@ -411,7 +390,6 @@ describe("GPT-2's vocabulary", function()
       write(dir .. "/vocab.json", read(gpt2_dir() .. "/encoder.json"))
       write(dir .. "/merges.txt", read(gpt2_dir() .. "/vocab.bpe"))
       local again = dpo.tokenizer.load(dir)
-      rmtree(dir)
       local msg = first_mismatch(again, ref.texts, ref.tiktoken, { special = false })
       assert(not msg, msg)
    end)
@@ -433,7 +411,6 @@ describe("GPT-2's vocabulary", function()
          local cfg = cjson.decode(read(dir .. "/tokenizer_config.json"))
          assert.are.equal("<|endoftext|>", cfg.eos_token)
          local again = dpo.tokenizer.load(dir)
-         rmtree(dir)
          local msg = first_mismatch(again, ref.texts, ref.tiktoken, { special = false })
          assert(not msg, msg)
       end)
@@ -488,7 +465,6 @@ describe("dpo.tokenizer.train", function()
       again:save(dir .. "/b.json")
       from_file:save(dir .. "/c.json")
       local a, b, c = read(dir .. "/a.json"), read(dir .. "/b.json"), read(dir .. "/c.json")
-      rmtree(dir)
       assert.is_true(a == b, "two trainings on the same text differ")
       assert.is_true(a == c, "training on the file differs from training on the text")
    end)
@@ -497,7 +473,6 @@ describe("dpo.tokenizer.train", function()
       local dir = tmpdir()
       tok:save(dir)
       local back = dpo.tokenizer.load(dir)
-      rmtree(dir)
       assert.are.equal(tok:vocab_size(), back:vocab_size())
       assert.are.equal(tok.eos_id, back.eos_id)
       local sample = text:sub(1, 5000)
@@ -585,8 +560,6 @@ describe("bad input raises a clear error, never a crash:", function()
       write(dir .. "/" .. name, s)
       return dir .. "/" .. name
    end
-
-   teardown(function() rmtree(dir) end)
 
    it("a missing file or directory", function()
       h.errors(function() dpo.tokenizer.load(dir .. "/nope.json") end,
