@@ -61,7 +61,7 @@ fuzz: deps $(FUZZ_BUILD)/CMakeCache.txt
 	sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_TIME) $(FUZZ_TARGETS)
 
 format:
-	clang-format -i core/*.c core/*.h tests/c/*.c tests/c/*.h tests/fuzz/*.c tests/fuzz/*.h tests/faults/*.c
+	clang-format -i core/*/*.c core/*/*.h tests/c/*.c tests/c/*.h tests/fuzz/*.c tests/fuzz/*.h tests/faults/*.c
 
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)

@@ -1,4 +1,4 @@
--- dpo.gpt: GPT-2 models (the C engine in core/gpt.c) and Hugging Face
+-- dpo.gpt: GPT-2 models (the C engine in core/model/gpt.c) and Hugging Face
 -- checkpoints.
 --
 --   dpo.gpt.new{vocab_size=, n_ctx=, n_layer=, n_head=, n_embd=,
@@ -17,7 +17,7 @@
 --       reads it; the directory is created when missing.
 --
 -- The model's own methods (logps, generate, parameters, clone, freeze, ...)
--- are listed in core/l_gpt.c.
+-- are listed in core/bind/l_gpt.c.
 local core = require "dpo.core"
 local cjson = require "cjson"
 local lfs = require "lfs"

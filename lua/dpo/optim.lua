@@ -26,7 +26,7 @@
 --   dpo.optim.grad_norm(params [, norm_type = 2]) -> the total norm, grads untouched
 --
 -- params is a non-empty list of float32 leaf tensors that require grad. The
--- numbers move in C (core/optim.c), one fused loop per parameter tensor; this
+-- numbers move in C (core/model/optim.c), one fused loop per parameter tensor; this
 -- file holds the policy: defaults, validation, lazy state and step counts.
 -- State is created on the first step that sees a parameter's grad, named as
 -- torch names it (step, exp_avg, exp_avg_sq, max_exp_avg_sq, square_avg,

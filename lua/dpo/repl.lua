@@ -1,5 +1,5 @@
 -- dpo.repl: what the interactive prompt uses to print results and to
--- complete names. core/repl.c calls `show(...)` with the values a line
+-- complete names. core/cli/repl.c calls `show(...)` with the values a line
 -- returned and `complete(word)` when Tab is pressed. Neither calls a
 -- user function nor triggers an __index function: both read tables raw.
 

@@ -1,5 +1,5 @@
 -- dpo.tokenizer: text in, ids out, and back. Byte-level BPE as GPT-2 and
--- Hugging Face's tokenizers do it; the work is in C (core/bpe.c), this file
+-- Hugging Face's tokenizers do it; the work is in C (core/text/bpe.c), this file
 -- holds the options and their defaults.
 --
 --   local tok = dpo.tokenizer.load(path)

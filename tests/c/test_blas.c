@@ -3,8 +3,8 @@
 ** loop, for odd sizes, transposed and narrowed operands, batches, vectors.
 */
 #include "check.h"
-#include "rng.h"
-#include "tensor.h"
+#include "base/rng.h"
+#include "tensor/tensor.h"
 
 #include <stdlib.h>
 

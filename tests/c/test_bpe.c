@@ -5,7 +5,7 @@
 ** trip of random bytes, and the errors bad files give.
 ** Files are written under a fresh temporary directory.
 */
-#include "bpe.h"
+#include "text/bpe.h"
 #include "check.h"
 
 #include <omp.h>

@@ -1,5 +1,5 @@
 /*
-** test_jsonl.c: the data engine (core/jsonl.c): the line reader on plain and
+** test_jsonl.c: the data engine (core/data/jsonl.c): the line reader on plain and
 ** gzip files (written here with zlib directly, not with the writer under
 ** test), line endings, long lines, a bounded buffer, truncated and corrupt
 ** gzip streams, files that cannot be read; the atomic writer; the pair store's
@@ -7,7 +7,7 @@
 */
 #include "check.h"
 #include "tmpdir.h"
-#include "jsonl.h"
+#include "data/jsonl.h"
 
 #include <sys/stat.h>
 

@@ -6,7 +6,7 @@
 ** the errors of the tensor-level steps.
 */
 #include "check.h"
-#include "optim.h"
+#include "model/optim.h"
 
 #include <omp.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
 ** published xoshiro256** and splitmix64 definitions, plus its statistics.
 */
 #include "check.h"
-#include "rng.h"
+#include "base/rng.h"
 
 int main(void) {
     dpo_rng r;

@@ -8,7 +8,7 @@
 */
 #include "check.h"
 #include "tmpdir.h"
-#include "safetensors.h"
+#include "data/safetensors.h"
 
 #include <sys/resource.h>
 #include <sys/stat.h>

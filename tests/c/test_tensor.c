@@ -4,8 +4,8 @@
 ** and printing. Expected values come from plain loops and libm in double.
 */
 #include "check.h"
-#include "rng.h"
-#include "tensor.h"
+#include "base/rng.h"
+#include "tensor/tensor.h"
 
 #include <omp.h>
 #include <stdlib.h>

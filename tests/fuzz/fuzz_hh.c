@@ -2,7 +2,7 @@
 ** fuzz_hh.c: the data path a user's files take, on arbitrary files.
 **
 ** Each input is a whole file, plain or gzip (the reader knows gzip by its
-** magic bytes). First the C line reader (core/jsonl.c) reads it to the end:
+** magic bytes). First the C line reader (core/data/jsonl.c) reads it to the end:
 ** lines never hold a newline, their numbers count up by one, an error is
 ** sticky. Then a Lua state with the dpo modules, made once, reads it as
 ** dpo.data does for a user: dpo.data.jsonl, dpo.data.hh (with and without
@@ -14,7 +14,7 @@
 ** coverage (below), so the fuzzer also steers towards new paths of the Lua code.
 */
 #include "fuzz.h"
-#include "jsonl.h"
+#include "data/jsonl.h"
 
 #include <lauxlib.h>
 #include <lua.h>

@@ -9,7 +9,7 @@
 ** metadata.
 */
 #include "fuzz.h"
-#include "safetensors.h"
+#include "data/safetensors.h"
 
 /* Every element of t, read; a checksum the compiler cannot drop. */
 static uint32_t touch(const dpo_tensor *t) {

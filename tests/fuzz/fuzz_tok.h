@@ -11,7 +11,7 @@
 #ifndef DPO_FUZZ_TOK_H
 #define DPO_FUZZ_TOK_H
 
-#include "bpe.h"
+#include "text/bpe.h"
 #include "fuzz.h"
 
 static const char *const fuzz_texts[] = {

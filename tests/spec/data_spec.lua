@@ -1,4 +1,4 @@
--- dpo.data (lua/dpo/data.lua, core/jsonl.c, core/l_data.c): reading JSONL and
+-- dpo.data (lua/dpo/data.lua, core/data/jsonl.c, core/bind/l_data.c): reading JSONL and
 -- gzip JSONL, the HH-RLHF and plain pair formats, bad input in both on_error
 -- modes, datasets, tokenization with the original DPO truncation rules, and
 -- collated batches.

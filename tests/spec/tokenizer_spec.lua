@@ -1,4 +1,4 @@
--- dpo.tokenizer (lua/dpo/tokenizer.lua, core/bpe.c): byte-level BPE.
+-- dpo.tokenizer (lua/dpo/tokenizer.lua, core/text/bpe.c): byte-level BPE.
 --
 -- A tiny vocabulary written for these tests (tests/fixtures/tokenizer/, made
 -- by tests/tokenizer/make_tiny.lua) gives encodings checked by hand. GPT-2's

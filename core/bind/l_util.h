@@ -1,0 +1,41 @@
+/*
+** l_util.h: helpers shared by the Lua bindings (core/l_*.c).
+** Metatable names, argument checks and the one way an engine error
+** becomes a Lua error.
+*/
+#ifndef DPO_L_UTIL_H
+#define DPO_L_UTIL_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "base/common.h"
+#include "tensor/tensor.h"
+
+#define DPO_TENSOR_MT "dpo.Tensor"
+
+/* Raise the engine error e: "bad argument #k to 'fn' (msg)" when e->arg
+** names an operand (argbase + e->arg - 1 is its stack index), else msg alone. */
+int dpo_l_raise(lua_State *L, const dpo_error *e, int argbase);
+
+/* The tensor at stack index i, or a "dpo.Tensor expected" argument error. */
+dpo_tensor *dpo_l_checktensor(lua_State *L, int i);
+/* NULL when the value at i is not a tensor; raises for a freed tensor. */
+dpo_tensor *dpo_l_totensor(lua_State *L, int i);
+/* Push t as a new userdata, taking over the caller's reference. A NULL t
+** raises e (with argbase as for dpo_l_raise). */
+void dpo_l_pushtensor(lua_State *L, dpo_tensor *t, const dpo_error *e, int argbase);
+
+/* A 1-based dimension argument in 1..ndim (negatives count from the end),
+** returned 0-based. */
+int dpo_l_checkdim(lua_State *L, int i, int ndim);
+
+int dpo_open_tensor(lua_State *L);
+int dpo_open_autograd(lua_State *L);
+int dpo_open_optim(lua_State *L);
+int dpo_open_io(lua_State *L);
+int dpo_open_bpe(lua_State *L);
+int dpo_open_gpt(lua_State *L);
+int dpo_open_data(lua_State *L);
+
+#endif

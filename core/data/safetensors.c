@@ -1,0 +1,845 @@
+/*
+** safetensors.c: safetensors files (see safetensors.h for the format).
+**
+** Saving: the header is built with jansson (compact, "__metadata__" first,
+** then the tensors in name order, each {"dtype", "shape", "data_offsets"}),
+** padded with spaces to a multiple of 8 bytes; the file is written atomically
+** through io.c (a temporary beside the target, fsync, rename).
+**
+** Loading: the file is mapped (MAP_PRIVATE) and the header checked in full
+** before a byte of data is read: its length against the file size, the JSON
+** (parsed with the exact length; NUL bytes, invalid UTF-8 and duplicate keys
+** refused), every entry's dtype, shape and data_offsets against each other and
+** the data section, and the byte ranges against each other (no overlap; gaps
+** and trailing bytes are allowed). Keys of an entry other than dtype, shape
+** and data_offsets are ignored, as the reference reader ignores them.
+** Aligned F32/I32 tensors are views of the mapping, which a refcount keeps
+** alive until the last view goes; the rest are converted into new tensors.
+*/
+#include "data/safetensors.h"
+#include "base/io.h"
+
+#include <jansson.h>
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- dtypes ------------------------------------------------------------------ */
+
+typedef enum {
+    K_F32,
+    K_I32,
+    K_F16,
+    K_BF16,
+    K_F64,
+    K_F8_E4M3,
+    K_F8_E5M2,
+    K_BOOL,
+    K_U8,
+    K_I8,
+    K_I16,
+    K_U16,
+    K_U32,
+    K_I64,
+    K_U64,
+    K_COUNT
+} st_kind;
+
+static const struct {
+    const char *name;
+    int size;     /* bytes per element */
+    dpo_dtype to; /* what it loads as */
+} kinds[] = {
+    {"F32", 4, DPO_F32}, {"I32", 4, DPO_I32},     {"F16", 2, DPO_F32},     {"BF16", 2, DPO_F32},
+    {"F64", 8, DPO_F32}, {"F8_E4M3", 1, DPO_F32}, {"F8_E5M2", 1, DPO_F32}, {"BOOL", 1, DPO_I32},
+    {"U8", 1, DPO_I32},  {"I8", 1, DPO_I32},      {"I16", 2, DPO_I32},     {"U16", 2, DPO_I32},
+    {"U32", 4, DPO_I32}, {"I64", 8, DPO_I32},     {"U64", 8, DPO_I32},
+};
+_Static_assert(sizeof kinds / sizeof kinds[0] == K_COUNT, "kinds must describe every st_kind");
+
+/* Dtypes of the format that this reader does not convert. */
+static const char *const unsupported[] = {"C64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", NULL};
+
+static int kind_of(const char *name) {
+    for (int k = 0; k < K_COUNT; k++)
+        if (strcmp(kinds[k].name, name) == 0) return k;
+    return -1;
+}
+
+/* ---- little-endian bytes ---------------------------------------------------- */
+
+static int host_is_le(void) {
+    const uint16_t one = 1;
+    unsigned char b;
+    memcpy(&b, &one, 1);
+    return b == 1;
+}
+
+static uint16_t rd16(const unsigned char *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static uint32_t rd32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static uint64_t rd64(const unsigned char *p) {
+    return (uint64_t)rd32(p) | ((uint64_t)rd32(p + 4) << 32);
+}
+
+static float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- exact conversions to float32 ------------------------------------------ */
+
+/* IEEE half: 1 sign, 5 exponent (bias 15), 10 mantissa bits. */
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, ex = (h >> 10) & 0x1f, man = h & 0x3ff;
+    if (ex == 0) { /* zero or subnormal: man * 2^-24, exact in float */
+        float v = (float)man * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    if (ex == 31) return bits_f32(sign | 0x7f800000u | (man << 13)); /* inf, nan */
+    return bits_f32(sign | ((ex + 112) << 23) | (man << 13));
+}
+
+/* bfloat16 is the top half of a float32. */
+static float bf16_to_f32(uint16_t b) {
+    return bits_f32((uint32_t)b << 16);
+}
+
+/* OCP FP8 E4M3 (the "FN" variant): bias 7, no infinities, S.1111.111 is nan. */
+static float e4m3_to_f32(unsigned char b) {
+    uint32_t ex = (b >> 3) & 0xf, man = b & 7;
+    float v;
+    if (ex == 15 && man == 7) return bits_f32(((uint32_t)(b >> 7) << 31) | 0x7fc00000u);
+    if (ex == 0)
+        v = (float)man * 0x1p-9f;
+    else
+        v = bits_f32(((ex + 120) << 23) | (man << 20));
+    return (b & 0x80) ? -v : v;
+}
+
+/* FP8 E5M2 is the top byte of an IEEE half. */
+static float e5m2_to_f32(unsigned char b) {
+    return f16_to_f32((uint16_t)(b << 8));
+}
+
+/* Round to nearest even, with overflow to infinity as IEEE does, spelled out
+   so that no out-of-range conversion (undefined in C) is ever evaluated. */
+static float f64_to_f32(double d) {
+    if (isnan(d)) return signbit(d) ? -NAN : NAN;
+    if (fabs(d) > (double)FLT_MAX) {
+        /* FLT_MAX + half an ulp and beyond round to infinity. */
+        float big = fabs(d) >= 0x1.ffffffp127 ? INFINITY : FLT_MAX;
+        return d < 0 ? -big : big;
+    }
+    return (float)d;
+}
+
+/* ---- small helpers ---------------------------------------------------------------- */
+
+static char *dupstr(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *c = (char *)malloc(n);
+    if (c) memcpy(c, s, n);
+    return c;
+}
+
+static void *io_failp(dpo_error *e, const char *path, int err) {
+    return dpo_fail(e, DPO_ERR_IO, 0, "%s: %s", path, strerror(err));
+}
+
+/* Fill e and return s, for functions that return a status. */
+static dpo_status fail_arg(dpo_error *e, int arg, const char *msg) {
+    dpo_fail(e, DPO_ERR_ARG, arg, "%s", msg);
+    return DPO_ERR_ARG;
+}
+
+static const char *json_kind(const json_t *j) {
+    switch (json_typeof(j)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
+    }
+}
+
+void dpo_st_free(dpo_st_file *f) {
+    if (!f) return;
+    for (int i = 0; i < f->ntensors; i++) {
+        if (f->names) free(f->names[i]);
+        if (f->tensors) dpo_tensor_release(f->tensors[i]);
+    }
+    for (int i = 0; i < f->nmeta; i++) {
+        if (f->meta_keys) free(f->meta_keys[i]);
+        if (f->meta_values) free(f->meta_values[i]);
+    }
+    free(f->names);
+    free(f->tensors);
+    free(f->dtypes);
+    free(f->meta_keys);
+    free(f->meta_values);
+    free(f);
+}
+
+dpo_tensor *dpo_st_find(const dpo_st_file *f, const char *name) {
+    for (int i = 0; f && i < f->ntensors; i++)
+        if (strcmp(f->names[i], name) == 0) return f->tensors[i];
+    return NULL;
+}
+
+/* ---- saving ------------------------------------------------------------------- */
+
+typedef struct {
+    const char *const *names;
+    int i;
+} named;
+
+static int cmp_named(const void *a, const void *b) {
+    const named *x = (const named *)a, *y = (const named *)b;
+    return strcmp(x->names[x->i], y->names[y->i]);
+}
+
+/* Indices 0..n-1 sorted by names[i]; NULL when out of memory. */
+static int *sorted_order(int n, const char *const *names) {
+    named *tmp = (named *)malloc(sizeof *tmp * (size_t)(n ? n : 1));
+    int *order = (int *)malloc(sizeof *order * (size_t)(n ? n : 1));
+    if (!tmp || !order) {
+        free(tmp), free(order);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) tmp[i].names = names, tmp[i].i = i;
+    qsort(tmp, (size_t)n, sizeof *tmp, cmp_named);
+    for (int i = 0; i < n; i++) order[i] = tmp[i].i;
+    free(tmp);
+    return order;
+}
+
+/* Write the elements of t as little-endian 4-byte words. */
+static dpo_status emit_tensor(dpo_afile *w, const dpo_tensor *t, dpo_error *e) {
+    int64_t n = dpo_tensor_numel(t);
+    unsigned char *tmp;
+    if (n == 0) return DPO_OK;
+    if (dpo_tensor_is_contiguous(t) && host_is_le()) {
+        dpo_afile_write(w, (const char *)t->storage->data + t->offset * 4, (size_t)n * 4);
+        return DPO_OK;
+    }
+    tmp = (unsigned char *)dpo_alloc((size_t)n * 4);
+    if (!tmp) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory packing a tensor of %lld elements",
+                 (long long)n);
+        return DPO_ERR_MEM;
+    }
+    dpo_tensor_pack(t, tmp);
+    if (!host_is_le())
+        for (int64_t i = 0; i < n; i++) {
+            unsigned char *q = tmp + 4 * i, c;
+            c = q[0], q[0] = q[3], q[3] = c;
+            c = q[1], q[1] = q[2], q[2] = c;
+        }
+    dpo_afile_write(w, tmp, (size_t)n * 4);
+    dpo_free(tmp);
+    return DPO_OK;
+}
+
+/* Check the arguments of dpo_st_save and build its (unpadded) header text. */
+static char *build_header(int n, const char *const *names, dpo_tensor *const *tensors,
+                          const int *order, int nmeta, const char *const *mk, const char *const *mv,
+                          const int *morder, dpo_error *e) {
+    json_t *root = json_object(), *md = NULL;
+    char *text = NULL;
+    uint64_t off = 0;
+    if (!root) return dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+    if (nmeta > 0) {
+        md = json_object();
+        if (!md || json_object_set_new(root, "__metadata__", md) != 0) goto oom;
+        for (int k = 0; k < nmeta; k++) {
+            int i = morder[k];
+            json_t *v;
+            if (k > 0 && strcmp(mk[i], mk[morder[k - 1]]) == 0) {
+                dpo_fail(e, DPO_ERR_ARG, 5, "duplicate metadata key '%s'", mk[i]);
+                goto fail;
+            }
+            v = json_string(mv[i]);
+            if (!v) {
+                dpo_fail(e, DPO_ERR_ARG, 6, "metadata value for '%s' is not valid UTF-8", mk[i]);
+                goto fail;
+            }
+            if (json_object_set_new(md, mk[i], v) != 0) {
+                dpo_fail(e, DPO_ERR_ARG, 5, "metadata key '%s' is not valid UTF-8", mk[i]);
+                goto fail;
+            }
+        }
+    }
+    for (int k = 0; k < n; k++) {
+        int i = order[k];
+        const dpo_tensor *t = tensors[i];
+        json_t *ent, *shape, *offs;
+        uint64_t nbytes = (uint64_t)dpo_tensor_numel(t) * 4;
+        if (k > 0 && strcmp(names[i], names[order[k - 1]]) == 0) {
+            dpo_fail(e, DPO_ERR_ARG, 2, "duplicate tensor name '%s'", names[i]);
+            goto fail;
+        }
+        ent = json_object();
+        if (!ent) goto oom;
+        if (json_object_set_new(root, names[i], ent) != 0) {
+            dpo_fail(e, DPO_ERR_ARG, 2, "tensor name '%s' is not valid UTF-8", names[i]);
+            goto fail;
+        }
+        shape = json_array();
+        offs = json_array();
+        if (json_object_set_new(ent, "dtype", json_string(t->dtype == DPO_I32 ? "I32" : "F32")) ||
+            json_object_set_new(ent, "shape", shape) ||
+            json_object_set_new(ent, "data_offsets", offs))
+            goto oom;
+        for (int d = 0; d < t->ndim; d++)
+            if (json_array_append_new(shape, json_integer((json_int_t)t->shape[d]))) goto oom;
+        if (json_array_append_new(offs, json_integer((json_int_t)off)) ||
+            json_array_append_new(offs, json_integer((json_int_t)(off + nbytes))))
+            goto oom;
+        off += nbytes;
+    }
+    text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!text) goto oom;
+    json_decref(root);
+    return text;
+oom:
+    dpo_fail(e, DPO_ERR_MEM, 0, "out of memory building the safetensors header");
+fail:
+    json_decref(root);
+    return NULL;
+}
+
+dpo_status dpo_st_save(const char *path, int n, const char *const *names,
+                       dpo_tensor *const *tensors, int nmeta, const char *const *meta_keys,
+                       const char *const *meta_values, dpo_error *e) {
+    int *order = NULL, *morder = NULL;
+    char *header = NULL;
+    dpo_afile *w = NULL;
+    dpo_status st = DPO_OK;
+    size_t hlen, padded;
+    unsigned char len8[8];
+
+    if (!path || !*path) return fail_arg(e, 1, "empty path");
+    if (n < 0 || nmeta < 0 || (n > 0 && (!names || !tensors)) ||
+        (nmeta > 0 && (!meta_keys || !meta_values)))
+        return fail_arg(e, 0, "negative counts or missing arrays");
+    for (int i = 0; i < n; i++) {
+        if (!names[i] || !*names[i]) return fail_arg(e, 2, "tensor names must not be empty");
+        if (strcmp(names[i], "__metadata__") == 0)
+            return fail_arg(e, 2, "the name '__metadata__' is reserved for the metadata");
+        if (!tensors[i]) return fail_arg(e, 3, "missing tensor");
+    }
+    for (int i = 0; i < nmeta; i++)
+        if (!meta_keys[i] || !meta_values[i])
+            return fail_arg(e, 5, "missing metadata key or value");
+
+    order = sorted_order(n, names);
+    morder = sorted_order(nmeta, meta_keys);
+    if (!order || !morder) {
+        st = DPO_ERR_MEM;
+        dpo_fail(e, st, 0, "out of memory");
+        goto done;
+    }
+    header = build_header(n, names, tensors, order, nmeta, meta_keys, meta_values, morder, e);
+    if (!header) {
+        st = e ? e->status : DPO_ERR_MEM;
+        goto done;
+    }
+    w = dpo_afile_open(path, e);
+    if (!w) {
+        st = e ? e->status : DPO_ERR_IO;
+        goto done;
+    }
+    hlen = strlen(header);
+    padded = (hlen + 7) & ~(size_t)7;
+    for (int b = 0; b < 8; b++) len8[b] = (unsigned char)((uint64_t)padded >> (8 * b));
+    dpo_afile_write(w, len8, 8);
+    dpo_afile_write(w, header, hlen);
+    for (size_t k = hlen; k < padded; k++) dpo_afile_write(w, " ", 1);
+    for (int k = 0; k < n; k++)
+        if ((st = emit_tensor(w, tensors[order[k]], e)) != DPO_OK) {
+            dpo_afile_abort(w);
+            goto done;
+        }
+    st = dpo_afile_commit(w, e);
+done:
+    free(header);
+    free(order);
+    free(morder);
+    return st;
+}
+
+/* ---- loading ------------------------------------------------------------------ */
+
+/* The mapped file, shared by the tensors that are views of it. */
+typedef struct {
+    void *base;
+    size_t len;
+    int refcount;
+} st_map;
+
+static void map_release(void *ctx) {
+    st_map *m = (st_map *)ctx;
+    if (--m->refcount > 0) return;
+    munmap(m->base, m->len);
+    free(m);
+}
+
+typedef struct {
+    const char *name; /* borrowed from the JSON */
+    int kind;
+    int ndim;
+    int64_t shape[DPO_MAXDIM];
+    uint64_t numel, begin, end;
+} st_entry;
+
+static int cmp_begin(const void *a, const void *b) {
+    const st_entry *x = (const st_entry *)a, *y = (const st_entry *)b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return (x->end > y->end) - (x->end < y->end);
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(((const st_entry *)a)->name, ((const st_entry *)b)->name);
+}
+
+/* Check one header entry against the data section size; fill *t. */
+static int parse_entry(const char *path, const char *name, json_t *v, uint64_t dsize, st_entry *t,
+                       dpo_error *e) {
+    json_t *dt, *shape, *offs, *x;
+    const char *dname;
+    size_t i, nd;
+    uint64_t numel = 1, need;
+    json_int_t ob, oe;
+    char sh[DPO_SHAPELEN];
+    t->name = name;
+    if (!json_is_object(v)) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' is described by %s, not an object", path, name,
+                 json_kind(v));
+        return -1;
+    }
+    dt = json_object_get(v, "dtype");
+    if (!json_is_string(dt)) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has %s", path, name,
+                 dt ? "a \"dtype\" that is not a string" : "no \"dtype\"");
+        return -1;
+    }
+    dname = json_string_value(dt);
+    t->kind = kind_of(dname);
+    if (t->kind < 0) {
+        for (int k = 0; unsupported[k]; k++)
+            if (strcmp(unsupported[k], dname) == 0) {
+                dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has unsupported dtype '%s'", path, name,
+                         dname);
+                return -1;
+            }
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has unknown dtype '%.40s'", path, name, dname);
+        return -1;
+    }
+    shape = json_object_get(v, "shape");
+    if (!json_is_array(shape)) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has %s", path, name,
+                 shape ? "a \"shape\" that is not an array" : "no \"shape\"");
+        return -1;
+    }
+    nd = json_array_size(shape);
+    if (nd > DPO_MAXDIM) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has %zu dimensions (at most %d)", path, name,
+                 nd, DPO_MAXDIM);
+        return -1;
+    }
+    t->ndim = (int)nd;
+    json_array_foreach(shape, i, x) {
+        json_int_t s;
+        if (!json_is_integer(x)) {
+            dpo_fail(e, DPO_ERR_IO, 0,
+                     "%s: tensor '%s' has size %zu of its shape %s, not an integer", path, name,
+                     i + 1, json_kind(x));
+            return -1;
+        }
+        s = json_integer_value(x);
+        if (s < 0) {
+            dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has a negative size %lld in its shape",
+                     path, name, (long long)s);
+            return -1;
+        }
+        t->shape[i] = (int64_t)s;
+        if (s > 0 && numel > UINT64_MAX / (uint64_t)s)
+            numel = UINT64_MAX; /* saturate */
+        else
+            numel *= (uint64_t)s;
+    }
+    t->numel = numel;
+    offs = json_object_get(v, "data_offsets");
+    if (!json_is_array(offs) || json_array_size(offs) != 2 ||
+        !json_is_integer(json_array_get(offs, 0)) || !json_is_integer(json_array_get(offs, 1))) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has %s", path, name,
+                 offs ? "\"data_offsets\" that are not a pair of integers [begin, end]"
+                      : "no \"data_offsets\"");
+        return -1;
+    }
+    ob = json_integer_value(json_array_get(offs, 0));
+    oe = json_integer_value(json_array_get(offs, 1));
+    if (ob < 0 || oe < 0) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has negative data_offsets [%lld, %lld]", path,
+                 name, (long long)ob, (long long)oe);
+        return -1;
+    }
+    t->begin = (uint64_t)ob, t->end = (uint64_t)oe;
+    if (t->begin > t->end) {
+        dpo_fail(e, DPO_ERR_IO, 0,
+                 "%s: tensor '%s' has data_offsets [%lld, %lld] whose begin is after its end", path,
+                 name, (long long)ob, (long long)oe);
+        return -1;
+    }
+    dpo_shape_str(t->shape, t->ndim, sh, sizeof sh);
+    if (numel > UINT64_MAX / (uint64_t)kinds[t->kind].size) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: tensor '%s' has shape %s, too large to hold", path, name,
+                 sh);
+        return -1;
+    }
+    need = numel * (uint64_t)kinds[t->kind].size;
+    if (t->end - t->begin != need) {
+        dpo_fail(e, DPO_ERR_IO, 0,
+                 "%s: tensor '%s' has data_offsets [%lld, %lld] but shape %s of %s needs %llu "
+                 "bytes",
+                 path, name, (long long)ob, (long long)oe, sh, dname, (unsigned long long)need);
+        return -1;
+    }
+    if (t->end > dsize) {
+        dpo_fail(e, DPO_ERR_IO, 0,
+                 "%s: tensor '%s' has data_offsets [%lld, %lld] past the end of the %llu-byte "
+                 "data section (file truncated?)",
+                 path, name, (long long)ob, (long long)oe, (unsigned long long)dsize);
+        return -1;
+    }
+    return 0;
+}
+
+/* Convert n elements of kind k at src into t (a new contiguous tensor). */
+static int convert(const char *path, const st_entry *en, const unsigned char *src, dpo_tensor *t,
+                   dpo_error *e) {
+    int64_t n = (int64_t)en->numel;
+    if (kinds[en->kind].to == DPO_F32) {
+        float *d = dpo_f32(t);
+        switch (en->kind) {
+        case K_F32:
+            for (int64_t i = 0; i < n; i++) d[i] = bits_f32(rd32(src + 4 * i));
+            break;
+        case K_F16:
+#pragma omp parallel for if (n > 65536)
+            for (int64_t i = 0; i < n; i++) d[i] = f16_to_f32(rd16(src + 2 * i));
+            break;
+        case K_BF16:
+#pragma omp parallel for if (n > 65536)
+            for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(rd16(src + 2 * i));
+            break;
+        case K_F64:
+            for (int64_t i = 0; i < n; i++) {
+                uint64_t u = rd64(src + 8 * i);
+                double v;
+                memcpy(&v, &u, 8);
+                d[i] = f64_to_f32(v);
+            }
+            break;
+        case K_F8_E4M3:
+            for (int64_t i = 0; i < n; i++) d[i] = e4m3_to_f32(src[i]);
+            break;
+        default: /* K_F8_E5M2 */
+            for (int64_t i = 0; i < n; i++) d[i] = e5m2_to_f32(src[i]);
+            break;
+        }
+        return 0;
+    }
+    {
+        int32_t *d = dpo_i32(t);
+        for (int64_t i = 0; i < n; i++) {
+            int64_t v;
+            switch (en->kind) {
+            case K_I32:
+                v = (int32_t)rd32(src + 4 * i);
+                break;
+            case K_BOOL:
+                v = src[i] != 0;
+                break;
+            case K_U8:
+                v = src[i];
+                break;
+            case K_I8:
+                v = (int8_t)src[i];
+                break;
+            case K_I16:
+                v = (int16_t)rd16(src + 2 * i);
+                break;
+            case K_U16:
+                v = rd16(src + 2 * i);
+                break;
+            case K_U32:
+                v = rd32(src + 4 * i);
+                break;
+            case K_I64:
+                v = (int64_t)rd64(src + 8 * i);
+                break;
+            default: { /* K_U64 */
+                uint64_t u = rd64(src + 8 * i);
+                if (u > INT32_MAX) {
+                    dpo_fail(e, DPO_ERR_IO, 0,
+                             "%s: tensor '%s' (U64) holds %llu at element %lld, outside the int32 "
+                             "range",
+                             path, en->name, (unsigned long long)u, (long long)i + 1);
+                    return -1;
+                }
+                v = (int64_t)u;
+            }
+            }
+            if (v < INT32_MIN || v > INT32_MAX) {
+                dpo_fail(e, DPO_ERR_IO, 0,
+                         "%s: tensor '%s' (%s) holds %lld at element %lld, outside the int32 range",
+                         path, en->name, kinds[en->kind].name, (long long)v, (long long)i + 1);
+                return -1;
+            }
+            d[i] = (int32_t)v;
+        }
+    }
+    return 0;
+}
+
+/* Build the tensor of entry en over the data section at data. */
+static dpo_tensor *make_tensor(const char *path, const st_entry *en, unsigned char *data, st_map *m,
+                               dpo_error *e) {
+    dpo_dtype to = kinds[en->kind].to;
+    unsigned char *src = data + en->begin;
+    dpo_tensor *t;
+    dpo_error e2;
+    if (en->numel == 0) {
+        t = dpo_tensor_zeros(to, en->ndim, en->shape, &e2);
+    } else if ((en->kind == K_F32 || en->kind == K_I32) && host_is_le() &&
+               ((uintptr_t)src % 4) == 0) {
+        m->refcount++;
+        t = dpo_tensor_wrap(to, en->ndim, en->shape, src, map_release, m, &e2);
+        if (!t) m->refcount--;
+    } else {
+        t = dpo_tensor_new(to, en->ndim, en->shape, &e2);
+        if (t && convert(path, en, src, t, e) != 0) {
+            dpo_tensor_release(t);
+            return NULL;
+        }
+    }
+    if (!t)
+        return dpo_fail(e, e2.status == DPO_ERR_MEM ? DPO_ERR_MEM : DPO_ERR_IO, 0,
+                        "%s: tensor '%s': %s", path, en->name, e2.msg);
+    return t;
+}
+
+/* Everything after the mapping: header checks, then the tensors. */
+static dpo_st_file *load_mapped(const char *path, st_map *m, dpo_error *e) {
+    unsigned char *base = (unsigned char *)m->base;
+    uint64_t size = m->len, hlen = rd64(base), dsize;
+    json_error_t jerr;
+    json_t *root, *v, *meta = NULL;
+    const char *key;
+    st_entry *ents = NULL;
+    size_t nent = 0, k;
+    dpo_st_file *f = NULL;
+
+    if (hlen > size - 8) {
+        dpo_fail(e, DPO_ERR_IO, 0,
+                 "%s: header length %llu runs past the end of the file (%llu bytes after the "
+                 "length)",
+                 path, (unsigned long long)hlen, (unsigned long long)(size - 8));
+        return NULL;
+    }
+    if (hlen > DPO_ST_MAX_HEADER) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: header length %llu is over the limit of %d bytes", path,
+                 (unsigned long long)hlen, DPO_ST_MAX_HEADER);
+        return NULL;
+    }
+    dsize = size - 8 - hlen;
+    root = json_loadb((const char *)base + 8, (size_t)hlen,
+                      JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!root) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: header is not valid JSON: %s (at byte %d of the header)",
+                 path, jerr.text, jerr.position);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: header is %s, not a JSON object", path, json_kind(root));
+        goto fail;
+    }
+
+    ents = (st_entry *)calloc(json_object_size(root) + 1, sizeof *ents);
+    if (!ents) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
+        goto fail;
+    }
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "__metadata__") == 0) {
+            const char *mk;
+            json_t *mv;
+            if (!json_is_object(v)) {
+                dpo_fail(e, DPO_ERR_IO, 0, "%s: \"__metadata__\" is %s, not an object", path,
+                         json_kind(v));
+                goto fail;
+            }
+            json_object_foreach(v, mk, mv) {
+                if (!json_is_string(mv)) {
+                    dpo_fail(e, DPO_ERR_IO, 0,
+                             "%s: \"__metadata__\" value for '%s' is %s, not a string", path, mk,
+                             json_kind(mv));
+                    goto fail;
+                }
+            }
+            meta = v;
+            continue;
+        }
+        if (parse_entry(path, key, v, dsize, &ents[nent], e) != 0) goto fail;
+        nent++;
+    }
+    if (nent > INT_MAX) {
+        dpo_fail(e, DPO_ERR_IO, 0, "%s: too many tensors", path);
+        goto fail;
+    }
+
+    /* No two non-empty byte ranges may share a byte. */
+    qsort(ents, nent, sizeof *ents, cmp_begin);
+    {
+        const st_entry *prev = NULL;
+        for (k = 0; k < nent; k++) {
+            if (ents[k].begin == ents[k].end) continue;
+            if (prev && ents[k].begin < prev->end) {
+                dpo_fail(e, DPO_ERR_IO, 0,
+                         "%s: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap", path,
+                         prev->name, (unsigned long long)prev->begin, (unsigned long long)prev->end,
+                         ents[k].name, (unsigned long long)ents[k].begin,
+                         (unsigned long long)ents[k].end);
+                goto fail;
+            }
+            prev = &ents[k];
+        }
+    }
+    qsort(ents, nent, sizeof *ents, cmp_name);
+
+    /* The header is sound: build the result. */
+    f = (dpo_st_file *)calloc(1, sizeof *f);
+    if (!f) goto oom;
+    f->names = (char **)calloc(nent + 1, sizeof *f->names);
+    f->tensors = (dpo_tensor **)calloc(nent + 1, sizeof *f->tensors);
+    f->dtypes = (const char **)calloc(nent + 1, sizeof *f->dtypes);
+    if (!f->names || !f->tensors || !f->dtypes) goto oom;
+    f->ntensors = (int)nent;
+    for (k = 0; k < nent; k++) {
+        f->dtypes[k] = kinds[ents[k].kind].name;
+        if (!(f->names[k] = dupstr(ents[k].name))) goto oom;
+        f->tensors[k] = make_tensor(path, &ents[k], base + 8 + hlen, m, e);
+        if (!f->tensors[k]) goto fail;
+    }
+    if (meta) {
+        size_t nm = json_object_size(meta);
+        const char *mk;
+        json_t *mv;
+        f->meta_keys = (char **)calloc(nm + 1, sizeof *f->meta_keys);
+        f->meta_values = (char **)calloc(nm + 1, sizeof *f->meta_values);
+        if (!f->meta_keys || !f->meta_values) goto oom;
+        json_object_foreach(meta, mk, mv) {
+            int i = f->nmeta;
+            f->meta_keys[i] = dupstr(mk);
+            f->meta_values[i] = dupstr(json_string_value(mv));
+            f->nmeta++;
+            if (!f->meta_keys[i] || !f->meta_values[i]) goto oom;
+        }
+        /* sort pairs by key (insertion sort: metadata is small) */
+        for (int i = 1; i < f->nmeta; i++)
+            for (int j = i; j > 0 && strcmp(f->meta_keys[j - 1], f->meta_keys[j]) > 0; j--) {
+                char *a = f->meta_keys[j], *b = f->meta_values[j];
+                f->meta_keys[j] = f->meta_keys[j - 1], f->meta_values[j] = f->meta_values[j - 1];
+                f->meta_keys[j - 1] = a, f->meta_values[j - 1] = b;
+            }
+    }
+    free(ents);
+    json_decref(root);
+    return f;
+oom:
+    dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
+fail:
+    dpo_st_free(f);
+    free(ents);
+    json_decref(root);
+    return NULL;
+}
+
+dpo_st_file *dpo_st_load(const char *path, dpo_error *e) {
+    struct stat sb;
+    int fd;
+    void *base;
+    st_map *m;
+    dpo_st_file *f;
+    if (!path || !*path) return dpo_fail(e, DPO_ERR_ARG, 1, "empty path");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return io_failp(e, path, errno);
+    if (fstat(fd, &sb) != 0) {
+        int err = errno;
+        close(fd);
+        return io_failp(e, path, err);
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return dpo_fail(e, DPO_ERR_IO, 0, "%s: not a regular file", path);
+    }
+    if (sb.st_size < 8) {
+        close(fd);
+        if (sb.st_size == 0)
+            return dpo_fail(e, DPO_ERR_IO, 0,
+                            "%s: file is empty (a safetensors file starts with an 8-byte header "
+                            "length)",
+                            path);
+        return dpo_fail(e, DPO_ERR_IO, 0,
+                        "%s: file is %lld bytes, too short for the 8-byte header length", path,
+                        (long long)sb.st_size);
+    }
+    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return dpo_fail(e, DPO_ERR_IO, 0, "%s: file too large to map", path);
+    }
+    base = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (base == MAP_FAILED) {
+        int err = errno;
+        close(fd);
+        return io_failp(e, path, err);
+    }
+    close(fd);
+    m = (st_map *)malloc(sizeof *m);
+    if (!m) {
+        munmap(base, (size_t)sb.st_size);
+        return dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
+    }
+    m->base = base, m->len = (size_t)sb.st_size, m->refcount = 1;
+    f = load_mapped(path, m, e);
+    map_release(m); /* the views that were made keep it mapped */
+    return f;
+}

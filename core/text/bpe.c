@@ -1,0 +1,1683 @@
+/*
+** bpe.c: byte-level BPE tokenizers (see bpe.h for the contract).
+**
+** Owns: the vocabulary (id -> token string and the bytes it stands for,
+** a hash map string -> id), the ranked merges (a hash map from a pair of
+** ids to its rank), the added tokens, one word cache per encoding thread.
+** Training lives in bpe_train.c; bpe_impl.h is what the two share.
+**
+** GPT-2's pre-tokenization is the pattern
+**   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+** written here as a scanner over code points: utf8proc decodes and gives the
+** general category (L* letters, N* numbers); \s is Unicode's White_Space
+** property, which is the separators Z* plus TAB..CR and NEL (U+0085), as in
+** Python's `regex`, Rust's regex (tiktoken, Hugging Face) and Oniguruma.
+** (gpt-3-encoder runs the pattern in JavaScript, whose \s also holds U+FEFF
+** and lacks U+0085: those two code points are where it differs.)
+** The categories are those of the Unicode version utf8proc carries.
+**
+** Merges: the lowest-ranked adjacent pair is merged first, leftmost first
+** among equal ranks, until no pair has a rank: a linear scan for short
+** words, a heap over a linked list for long ones, GPT-2's own loop kept as
+** the reference (dpo_bpe_word(.., fast = 0)) and tested against both.
+*/
+#include "text/bpe_impl.h"
+#include "base/io.h"
+
+#include <jansson.h>
+#include <omp.h>
+#include <utf8proc.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- buffers and hashing ---------------------------------------------------------- */
+
+/* Make room for extra more bytes (plus a NUL); -1 when that overflows or fails. */
+static int sbuf_reserve(sbuf *b, size_t extra) {
+    size_t need, cap;
+    char *q;
+    if (extra > SIZE_MAX - b->n - 1) return -1;
+    need = b->n + extra + 1;
+    if (need <= b->cap) return 0;
+    cap = b->cap ? b->cap : 64;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) return -1;
+        cap *= 2;
+    }
+    q = (char *)realloc(b->p, cap);
+    if (!q) return -1;
+    b->p = q;
+    b->cap = cap;
+    return 0;
+}
+
+int bpe_sbuf_add(sbuf *b, const void *s, size_t n) {
+    if (sbuf_reserve(b, n)) return -1;
+    if (n) memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+    return 0;
+}
+
+/* Grow an array *p of *cap elements of size el to hold at least need. */
+int bpe_grow(void **p, size_t *cap, size_t need, size_t el) {
+    size_t c = *cap ? *cap : 16;
+    void *q;
+    if (need <= *cap) return 0;
+    while (c < need) {
+        if (c > SIZE_MAX / 2 / el) return -1;
+        c *= 2;
+    }
+    q = realloc(*p, c * el);
+    if (!q) return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+void dpo_bpe_ids_free(dpo_bpe_ids *v) {
+    free(v->ids);
+    v->ids = NULL;
+    v->n = v->cap = 0;
+}
+
+static int ids_reserve(dpo_bpe_ids *v, size_t extra) {
+    if (extra > SIZE_MAX / 4 - v->n) return -1;
+    return bpe_grow((void **)&v->ids, &v->cap, v->n + extra, sizeof *v->ids);
+}
+
+static int ids_push(dpo_bpe_ids *v, int32_t id) {
+    if (v->n == v->cap && ids_reserve(v, 1)) return -1;
+    v->ids[v->n++] = id;
+    return 0;
+}
+
+uint64_t bpe_mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* A 64-bit hash of bytes, never 0 (0 marks an empty cache slot). */
+uint64_t bpe_hash_bytes(const void *p, size_t n) {
+    const unsigned char *s = (const unsigned char *)p;
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ ((uint64_t)n * 0xff51afd7ed558ccdull), k;
+    while (n >= 8) {
+        memcpy(&k, s, 8);
+        h = (h ^ k) * 0x9e3779b97f4a7c15ull;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
+    }
+    k = 0;
+    for (size_t i = 0; i < n; i++) k |= (uint64_t)s[i] << (8 * i); /* no call for the tail */
+    h = bpe_mix64(h ^ k);
+    return h ? h : 1;
+}
+
+static size_t pow2_at_least(size_t n) {
+    size_t c = 16;
+    while (c < n) c *= 2;
+    return c;
+}
+
+/* ---- character classes and the byte-level alphabet -------------------------------- */
+
+uint8_t bpe_class_bmp[0x10000]; /* class of each code point of the BMP */
+static uint16_t byte_cp[256];   /* byte -> code point of its byte-level character */
+static int16_t cp_byte[324];    /* code point -> byte, -1 where none */
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+static int class_of(int32_t c) {
+    switch (utf8proc_category(c)) {
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+        return CL_LETTER;
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_NO:
+        return CL_NUMBER;
+    case UTF8PROC_CATEGORY_ZS:
+    case UTF8PROC_CATEGORY_ZL:
+    case UTF8PROC_CATEGORY_ZP:
+        return CL_SPACE;
+    default:
+        /* White_Space code points outside Z*: the controls TAB..CR and NEL */
+        return (c >= 0x09 && c <= 0x0D) || c == 0x85 ? CL_SPACE : CL_OTHER;
+    }
+}
+
+/*
+** GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves,
+** the others (controls, space, NBSP, soft hyphen) for U+0100 onwards, in
+** byte order.
+*/
+static void tables_init(void) {
+    int n = 0;
+    for (int32_t c = 0; c < 0x10000; c++) bpe_class_bmp[c] = (uint8_t)class_of(c);
+    for (int i = 0; i < 324; i++) cp_byte[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        int shown = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+        byte_cp[b] = (uint16_t)(shown ? b : 256 + n++);
+        cp_byte[byte_cp[b]] = (int16_t)b;
+    }
+}
+
+void bpe_tables(void) {
+    pthread_once(&tables_once, tables_init);
+}
+
+/* Write the byte-level form of byte b (1 or 2 bytes of UTF-8); returns its length. */
+static size_t bl_put(char *out, unsigned char b) {
+    unsigned c = byte_cp[b];
+    if (c < 0x80) {
+        out[0] = (char)c;
+        return 1;
+    }
+    out[0] = (char)(0xC0 | (c >> 6));
+    out[1] = (char)(0x80 | (c & 0x3F));
+    return 2;
+}
+
+/* The bytes a byte-level string stands for, into out (room for n); -1 when
+** s holds a character outside the alphabet. */
+long bpe_bl_decode(const char *s, size_t n, char *out) {
+    size_t i = 0, k = 0;
+    while (i < n) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t l =
+            utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
+        if (l <= 0 || c >= 324 || cp_byte[c] < 0) return -1;
+        out[k++] = (char)cp_byte[c];
+        i += (size_t)l;
+    }
+    return (long)k;
+}
+
+/* The class of the code point at s[i] and its length; an invalid byte is
+** one unit of class "other". */
+static inline int char_at(const unsigned char *s, size_t n, size_t i, size_t *len) {
+    utf8proc_int32_t c;
+    utf8proc_ssize_t l;
+    if (s[i] < 0x80) {
+        *len = 1;
+        return bpe_class_bmp[s[i]];
+    }
+    l = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &c);
+    if (l <= 0) {
+        *len = 1;
+        return CL_OTHER;
+    }
+    *len = (size_t)l;
+    return c < 0x10000 ? bpe_class_bmp[c] : class_of(c);
+}
+
+/* The class of the code point that ends just before s[i] (i > lo), and where it starts. */
+static int char_before(const unsigned char *s, size_t n, size_t lo, size_t i, size_t *start) {
+    size_t j = i - 1, len;
+    int cl;
+    while (j > lo && i - j < 4 && (s[j] & 0xC0) == 0x80) j--;
+    cl = char_at(s, n, j, &len);
+    if (j + len != i) { /* not one code point: the last byte alone */
+        *start = i - 1;
+        return char_at(s, n, i - 1, &len);
+    }
+    *start = j;
+    return cl;
+}
+
+/* ---- the pre-tokenizer -------------------------------------------------------------- */
+
+size_t bpe_next_piece(const unsigned char *s, size_t n, size_t i) {
+    size_t len, j, last;
+    int c;
+    if (s[i] == '\'' && i + 1 < n) { /* 's 't 're 've 'm 'll 'd */
+        unsigned char a = s[i + 1];
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+        if (i + 2 < n) {
+            unsigned char b = s[i + 2];
+            if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+                return i + 3;
+        }
+    }
+    c = char_at(s, n, i, &len);
+    if (s[i] == ' ' && i + 1 < n) { /* ' ?' before a letter, number or symbol run */
+        size_t len1;
+        int c1 = char_at(s, n, i + 1, &len1);
+        if (c1 != CL_SPACE) {
+            c = c1;
+            len = 1 + len1;
+        }
+    }
+    j = i + len;
+    if (c != CL_SPACE) { /* \p{L}+ | \p{N}+ | [^\s\p{L}\p{N}]+ */
+        while (j < n) {
+            if (s[j] < 0x80) { /* the common case, without a call */
+                if (bpe_class_bmp[s[j]] != c) break;
+                j++;
+            } else {
+                if (char_at(s, n, j, &len) != c) break;
+                j += len;
+            }
+        }
+        return j;
+    }
+    /* \s+(?!\S) | \s+ : a run before a non-space gives up its last character,
+       unless that would leave it empty */
+    last = i;
+    while (j < n && char_at(s, n, j, &len) == CL_SPACE) {
+        last = j;
+        j += len;
+    }
+    if (j == n) return j;
+    return last > i ? last : j;
+}
+
+size_t dpo_bpe_next_piece(const char *s, size_t n, size_t i) {
+    bpe_tables();
+    if (i >= n) return n;
+    return bpe_next_piece((const unsigned char *)s, n, i);
+}
+
+/* ---- the tokenizer object ------------------------------------------------------------- */
+
+static const char *const role_key[DPO_BPE_NROLES] = {"eos_token", "bos_token", "pad_token",
+                                                     "unk_token"};
+
+dpo_bpe *bpe_new(dpo_error *e) {
+    dpo_bpe *t = (dpo_bpe *)calloc(1, sizeof *t);
+    bpe_tables();
+    if (!t) return (dpo_bpe *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for a tokenizer");
+    for (int r = 0; r < DPO_BPE_NROLES; r++) t->role[r] = -1;
+    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    t->use_regex = 1;
+    return t;
+}
+
+static void cache_free(bpe_cache *c) {
+    free(c->slot);
+    free(c->key);
+    free(c->val);
+    memset(c, 0, sizeof *c);
+}
+
+void dpo_bpe_free(dpo_bpe *t) {
+    if (!t) return;
+    free(t->tok);
+    free(t->strs.p);
+    free(t->raws.p);
+    free(t->vmap);
+    free(t->merge);
+    free(t->pkey);
+    free(t->prank);
+    free(t->added);
+    free(t->amatch);
+    for (int i = 0; i < t->ncache; i++) cache_free(&t->cache[i]);
+    free(t->cache);
+    free(t);
+}
+
+const char *bpe_tok_str(const dpo_bpe *t, int32_t id) {
+    return t->strs.p + t->tok[id].str;
+}
+
+int32_t bpe_vmap_find(const dpo_bpe *t, const char *s, size_t n) {
+    size_t mask, i;
+    if (!t->vcap) return -1;
+    mask = t->vcap - 1;
+    i = (size_t)bpe_hash_bytes(s, n) & mask;
+    for (;;) {
+        int32_t id = t->vmap[i];
+        if (id < 0) return -1;
+        if (t->tok[id].str_len == n && memcmp(bpe_tok_str(t, id), s, n) == 0) return id;
+        i = (i + 1) & mask;
+    }
+}
+
+static void vmap_put(dpo_bpe *t, int32_t id) {
+    size_t mask = t->vcap - 1;
+    size_t i = (size_t)bpe_hash_bytes(bpe_tok_str(t, id), t->tok[id].str_len) & mask;
+    while (t->vmap[i] >= 0) i = (i + 1) & mask;
+    t->vmap[i] = id;
+    t->vcount++;
+}
+
+static int vmap_grow(dpo_bpe *t) {
+    size_t cap = t->vcap ? t->vcap * 2 : 1024;
+    int32_t *old = t->vmap;
+    size_t oldcap = t->vcap;
+    t->vmap = (int32_t *)malloc(cap * sizeof *t->vmap);
+    if (!t->vmap) {
+        t->vmap = old;
+        return -1;
+    }
+    memset(t->vmap, 0xff, cap * sizeof *t->vmap);
+    t->vcap = cap;
+    t->vcount = 0;
+    for (size_t i = 0; i < oldcap; i++)
+        if (old[i] >= 0) vmap_put(t, old[i]);
+    free(old);
+    return 0;
+}
+
+/* A token quoted for a message: at most SHOWN bytes, "..." after a cut. */
+const char *bpe_shown(const char *s, size_t n, char *buf) {
+    size_t k = n < SHOWN ? n : SHOWN;
+    memcpy(buf, s, k);
+    strcpy(buf + k, n > SHOWN ? "..." : "");
+    return buf;
+}
+
+/*
+** Give id the vocabulary string s[0..n). An added token's bytes are its
+** content itself; a vocabulary token's bytes are its byte-level decoding
+** (or its UTF-8 when it is not byte-level, as Hugging Face's decoder does).
+** where names the file for messages.
+*/
+dpo_status bpe_set_token(dpo_bpe *t, int32_t id, const char *s, size_t n, int added,
+                         const char *where, dpo_error *e) {
+    char b1[SHOWN + 4], b2[SHOWN + 4];
+    int32_t other;
+    tok_entry *te;
+    if (id < 0 || id >= MAX_ID) {
+        dpo_fail(e, DPO_ERR_RANGE, 0, "%s: id %ld of token '%s' is out of range 0..%d", where,
+                 (long)id, bpe_shown(s, n, b1), MAX_ID - 1);
+        return e->status;
+    }
+    if (n == 0) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: id %ld is an empty token", where, (long)id);
+        return e->status;
+    }
+    if ((size_t)id >= t->ncap &&
+        bpe_grow((void **)&t->tok, &t->ncap, (size_t)id + 1, sizeof *t->tok) != 0)
+        goto nomem;
+    if (id >= t->n) {
+        memset(t->tok + t->n, 0, (size_t)(id + 1 - t->n) * sizeof *t->tok);
+        t->n = id + 1;
+    }
+    te = &t->tok[id];
+    other = bpe_vmap_find(t, s, n);
+    if (te->used) {
+        if (other != id) {
+            dpo_fail(e, DPO_ERR_ARG, 0, "%s: id %ld is given to both '%s' and '%s'", where,
+                     (long)id, bpe_shown(bpe_tok_str(t, id), te->str_len, b1), bpe_shown(s, n, b2));
+            return e->status;
+        }
+    } else if (other >= 0) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: token '%s' has two ids, %ld and %ld", where,
+                 bpe_shown(s, n, b1), (long)other, (long)id);
+        return e->status;
+    } else {
+        if ((t->vcount + 1) * 2 > t->vcap && vmap_grow(t)) goto nomem;
+        te->str = t->strs.n;
+        te->str_len = (uint32_t)n;
+        if (bpe_sbuf_add(&t->strs, s, n)) goto nomem;
+        te->used = 1;
+        vmap_put(t, id);
+    }
+    if (te->used == 1 || (added && !te->added)) { /* (re)compute the bytes */
+        long k = -1;
+        if (sbuf_reserve(&t->raws, n)) goto nomem;
+        te->raw = t->raws.n;
+        if (!added) k = bpe_bl_decode(s, n, t->raws.p + t->raws.n);
+        if (k < 0) {
+            memcpy(t->raws.p + t->raws.n, s, n);
+            k = (long)n;
+        }
+        te->raw_len = (uint32_t)k;
+        t->raws.n += (size_t)k;
+        te->used = 2;
+    }
+    if (added) te->added = 1;
+    return DPO_OK;
+nomem:
+    dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the vocabulary", where);
+    return e->status;
+}
+
+dpo_status bpe_add_added(dpo_bpe *t, int32_t id, int special, int lstrip, int rstrip,
+                         int single_word, int normalized, const char *where, dpo_error *e) {
+    added_tok *a;
+    for (int k = 0; k < t->nadded; k++)
+        if (t->added[k].id == id) {
+            t->added[k].special = (uint8_t)(t->added[k].special || special);
+            return DPO_OK;
+        }
+    if (bpe_grow((void **)&t->added, &t->acap, (size_t)t->nadded + 1, sizeof *t->added)) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", where);
+        return e->status;
+    }
+    a = &t->added[t->nadded++];
+    a->id = id;
+    a->special = (uint8_t)special;
+    a->lstrip = (uint8_t)lstrip;
+    a->rstrip = (uint8_t)rstrip;
+    a->single_word = (uint8_t)single_word;
+    a->normalized = (uint8_t)normalized;
+    return DPO_OK;
+}
+
+/* Where a merge came from: "path:line" (line > 0), "path: merge k" (line = -k), or path. */
+static const char *merge_where(const char *path, long line, char *buf, size_t n) {
+    if (line > 0)
+        snprintf(buf, n, "%s:%ld", path, line);
+    else if (line < 0)
+        snprintf(buf, n, "%s: merge %ld", path, -line);
+    else
+        return path;
+    return buf;
+}
+
+/* Append merge (first, second) -> the token of their concatenated strings. */
+dpo_status bpe_add_merge(dpo_bpe *t, int32_t a, int32_t b, const char *path, long line,
+                         dpo_error *e) {
+    char b1[SHOWN + 4], wb[4200];
+    sbuf cat = {0};
+    int32_t x;
+    if (bpe_sbuf_add(&cat, bpe_tok_str(t, a), t->tok[a].str_len) ||
+        bpe_sbuf_add(&cat, bpe_tok_str(t, b), t->tok[b].str_len)) {
+        free(cat.p);
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the merges", path);
+        return e->status;
+    }
+    x = bpe_vmap_find(t, cat.p, cat.n);
+    if (x < 0) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: the merged token '%s' is not in the vocabulary",
+                 merge_where(path, line, wb, sizeof wb), bpe_shown(cat.p, cat.n, b1));
+        free(cat.p);
+        return e->status;
+    }
+    free(cat.p);
+    if (bpe_grow((void **)&t->merge, &t->mcap, 3 * ((size_t)t->nmerges + 1), sizeof *t->merge)) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the merges", path);
+        return e->status;
+    }
+    t->merge[3 * t->nmerges] = a;
+    t->merge[3 * t->nmerges + 1] = b;
+    t->merge[3 * t->nmerges + 2] = x;
+    t->nmerges++;
+    return DPO_OK;
+}
+
+/* A merge's token that the vocabulary lacks. */
+static dpo_status merge_token_missing(const char *s, size_t n, const char *path, long line,
+                                      dpo_error *e) {
+    char b1[SHOWN + 4], wb[4200];
+    dpo_fail(e, DPO_ERR_ARG, 0, "%s: the merge's token '%s' is not in the vocabulary",
+             merge_where(path, line, wb, sizeof wb), bpe_shown(s, n, b1));
+    return e->status;
+}
+
+/* Parse the merge "first second" (one space). */
+static dpo_status add_merge_str(dpo_bpe *t, const char *s, size_t n, const char *path, long line,
+                                dpo_error *e) {
+    char b1[SHOWN + 4], wb[4200];
+    const char *sp = (const char *)memchr(s, ' ', n);
+    size_t na, nb;
+    int32_t a, b;
+    if (!sp || sp == s || sp == s + n - 1 || memchr(sp + 1, ' ', (size_t)(s + n - sp - 1))) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: a merge is two tokens separated by one space, not '%s'",
+                 merge_where(path, line, wb, sizeof wb), bpe_shown(s, n, b1));
+        return e->status;
+    }
+    na = (size_t)(sp - s);
+    nb = n - na - 1;
+    if ((a = bpe_vmap_find(t, s, na)) < 0) return merge_token_missing(s, na, path, line, e);
+    if ((b = bpe_vmap_find(t, sp + 1, nb)) < 0)
+        return merge_token_missing(sp + 1, nb, path, line, e);
+    return bpe_add_merge(t, a, b, path, line, e);
+}
+
+static inline int32_t pair_rank(const dpo_bpe *t, int32_t a, int32_t b) {
+    uint64_t k = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    size_t mask = t->pcap - 1, i = (size_t)bpe_mix64(k) & mask;
+    for (;;) {
+        uint64_t q = t->pkey[i];
+        if (q == k) return t->prank[i];
+        if (q == PAIR_EMPTY) return -1;
+        i = (i + 1) & mask;
+    }
+}
+
+static int cmp_added_len(const void *pa, const void *pb, void *ctx);
+
+/* Roles by the usual names, for those a file left unset. */
+void bpe_default_roles(dpo_bpe *t, const int *explicit_role) {
+    static const char *const names[DPO_BPE_NROLES][6] = {
+        {"<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", NULL},
+        {"<s>", "<|begin_of_text|>", "<bos>", "<|bos|>", "<|startoftext|>", NULL},
+        {"<pad>", "<|pad|>", "[PAD]", "<|padding|>", NULL, NULL},
+        {NULL, NULL, NULL, NULL, NULL, NULL},
+    };
+    for (int r = 0; r < DPO_BPE_NROLES; r++) {
+        if (t->role[r] >= 0 || (explicit_role && explicit_role[r])) continue;
+        for (int k = 0; names[r][k] && t->role[r] < 0; k++) {
+            int32_t id = bpe_vmap_find(t, names[r][k], strlen(names[r][k]));
+            if (id >= 0 && t->tok[id].added) t->role[r] = id;
+        }
+    }
+    /* GPT-2's one special token begins texts as well as ending them */
+    if (t->role[DPO_BPE_BOS] < 0 && !(explicit_role && explicit_role[DPO_BPE_BOS]) &&
+        t->role[DPO_BPE_EOS] >= 0 && t->tok[t->role[DPO_BPE_EOS]].str_len == 13 &&
+        memcmp(bpe_tok_str(t, t->role[DPO_BPE_EOS]), "<|endoftext|>", 13) == 0)
+        t->role[DPO_BPE_BOS] = t->role[DPO_BPE_EOS];
+}
+
+/* After the tokens, added tokens and merges are in: the byte tokens, the
+** pair map and the order added tokens are matched in. */
+dpo_status bpe_finish(dpo_bpe *t, const char *where, dpo_error *e) {
+    for (int b = 0; b < 256; b++) {
+        char s[2];
+        size_t n = bl_put(s, (unsigned char)b);
+        int32_t id = bpe_vmap_find(t, s, n);
+        t->byte_id[b] = (id >= 0 && !t->tok[id].added) ? id : -1;
+    }
+    free(t->pkey);
+    free(t->prank);
+    t->pcap = pow2_at_least(2 * (size_t)t->nmerges + 2);
+    t->pkey = (uint64_t *)malloc(t->pcap * sizeof *t->pkey);
+    t->prank = (int32_t *)malloc(t->pcap * sizeof *t->prank);
+    free(t->amatch);
+    t->amatch = (int *)malloc(((size_t)t->nadded + 1) * sizeof *t->amatch);
+    if (!t->pkey || !t->prank || !t->amatch) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the merges", where);
+        return e->status;
+    }
+    memset(t->pkey, 0xff, t->pcap * sizeof *t->pkey);
+    for (int32_t r = 0; r < t->nmerges; r++) { /* a repeated pair keeps its last rank */
+        uint64_t k = (uint64_t)(uint32_t)t->merge[3 * r] << 32 | (uint32_t)t->merge[3 * r + 1];
+        size_t mask = t->pcap - 1, i = (size_t)bpe_mix64(k) & mask;
+        while (t->pkey[i] != PAIR_EMPTY && t->pkey[i] != k) i = (i + 1) & mask;
+        t->pkey[i] = k;
+        t->prank[i] = r;
+    }
+    memset(t->afirst, 0, sizeof t->afirst);
+    t->afirst_only = -1;
+    for (int k = 0; k < t->nadded; k++) {
+        t->amatch[k] = k;
+        unsigned char b = (unsigned char)bpe_tok_str(t, t->added[k].id)[0];
+        t->afirst[b] = 1;
+        t->afirst_only = (k == 0 || t->afirst_only == b) ? b : -2;
+    }
+    /* insertion sort, stable: few added tokens */
+    for (int k = 1; k < t->nadded; k++) {
+        int v = t->amatch[k], j = k;
+        while (j > 0 && cmp_added_len(&t->amatch[j - 1], &v, t) > 0) {
+            t->amatch[j] = t->amatch[j - 1];
+            j--;
+        }
+        t->amatch[j] = v;
+    }
+    return DPO_OK;
+}
+
+static int cmp_added_len(const void *pa, const void *pb, void *ctx) {
+    const dpo_bpe *t = (const dpo_bpe *)ctx;
+    uint32_t la = t->tok[t->added[*(const int *)pa].id].str_len;
+    uint32_t lb = t->tok[t->added[*(const int *)pb].id].str_len;
+    return la < lb ? 1 : la > lb ? -1 : 0;
+}
+
+/* ---- merging one word ------------------------------------------------------------- */
+
+/* The byte tokens of w (the unknown token, or nothing, for a byte the
+** vocabulary lacks) into sym; returns their number. */
+static size_t initial_symbols(const dpo_bpe *t, const unsigned char *w, size_t n, int32_t *sym) {
+    size_t m = 0;
+    int32_t unk = t->role[DPO_BPE_UNK];
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = t->byte_id[w[i]];
+        if (id >= 0)
+            sym[m++] = id;
+        else if (unk >= 0)
+            sym[m++] = unk;
+    }
+    return m;
+}
+
+/* Lowest rank first, leftmost among equals: rank[i] is the rank of (sym[i], sym[i+1]). */
+static size_t merge_small(const dpo_bpe *t, int32_t *sym, size_t m) {
+    int32_t rank[SMALL_WORD];
+    for (size_t i = 0; i + 1 < m; i++) rank[i] = pair_rank(t, sym[i], sym[i + 1]);
+    while (m > 1) {
+        size_t best = SIZE_MAX;
+        int32_t br = INT32_MAX;
+        for (size_t i = 0; i + 1 < m; i++)
+            if (rank[i] >= 0 && rank[i] < br) br = rank[i], best = i;
+        if (best == SIZE_MAX) break;
+        sym[best] = t->merge[3 * br + 2];
+        if (best + 2 < m) memmove(sym + best + 1, sym + best + 2, (m - best - 2) * sizeof *sym);
+        if (best + 3 < m) memmove(rank + best + 1, rank + best + 2, (m - best - 3) * sizeof *rank);
+        m--;
+        if (best > 0) rank[best - 1] = pair_rank(t, sym[best - 1], sym[best]);
+        if (best + 1 < m) rank[best] = pair_rank(t, sym[best], sym[best + 1]);
+    }
+    return m;
+}
+
+static void heap_push(uint64_t *h, size_t *n, uint64_t v) {
+    size_t i = (*n)++;
+    while (i > 0 && h[(i - 1) / 2] > v) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = v;
+}
+
+static uint64_t heap_pop(uint64_t *h, size_t *n) {
+    uint64_t top = h[0], v = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && h[c + 1] < h[c]) c++;
+        if (h[c] >= v) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = v;
+    return top;
+}
+
+/*
+** The same order for long words in O(n log n): a min-heap of (rank, left
+** position) over a linked list of symbols; an entry whose pair changed
+** since it was pushed is skipped. -1 when memory runs out.
+*/
+static long merge_large(const dpo_bpe *t, int32_t *sym, size_t m) {
+    int32_t *next, *prev;
+    uint64_t *heap;
+    size_t hn = 0, k = 0;
+    if (m >= ((size_t)1 << 31)) return -1;
+    next = (int32_t *)malloc(m * sizeof *next);
+    prev = (int32_t *)malloc(m * sizeof *prev);
+    heap = (uint64_t *)malloc(3 * m * sizeof *heap);
+    if (!next || !prev || !heap) {
+        free(next), free(prev), free(heap);
+        return -1;
+    }
+    for (size_t i = 0; i < m; i++) {
+        next[i] = i + 1 < m ? (int32_t)(i + 1) : -1;
+        prev[i] = (int32_t)i - 1;
+    }
+    for (size_t i = 0; i + 1 < m; i++) {
+        int32_t r = pair_rank(t, sym[i], sym[i + 1]);
+        if (r >= 0) heap_push(heap, &hn, (uint64_t)r << 32 | i);
+    }
+    while (hn) {
+        uint64_t top = heap_pop(heap, &hn);
+        int32_t r = (int32_t)(top >> 32), i = (int32_t)(top & 0xffffffffu), j, r2;
+        if (sym[i] < 0 || (j = next[i]) < 0 || pair_rank(t, sym[i], sym[j]) != r) continue;
+        sym[i] = t->merge[3 * r + 2];
+        sym[j] = -1;
+        next[i] = next[j];
+        if (next[j] >= 0) prev[next[j]] = i;
+        if (prev[i] >= 0 && (r2 = pair_rank(t, sym[prev[i]], sym[i])) >= 0)
+            heap_push(heap, &hn, (uint64_t)r2 << 32 | (uint32_t)prev[i]);
+        if (next[i] >= 0 && (r2 = pair_rank(t, sym[i], sym[next[i]])) >= 0)
+            heap_push(heap, &hn, (uint64_t)r2 << 32 | (uint32_t)i);
+    }
+    for (int32_t i = 0; i >= 0; i = next[i]) sym[k++] = sym[i];
+    free(next), free(prev), free(heap);
+    return (long)k;
+}
+
+/* GPT-2's loop, literally: take the lowest-ranked pair, merge every
+** occurrence left to right, again. tmp has room for m. */
+static size_t merge_ref(const dpo_bpe *t, int32_t *sym, size_t m, int32_t *tmp) {
+    while (m > 1) {
+        int32_t best = -1, a, b, x;
+        size_t i = 0, k = 0;
+        for (size_t q = 0; q + 1 < m; q++) {
+            int32_t r = pair_rank(t, sym[q], sym[q + 1]);
+            if (r >= 0 && (best < 0 || r < best)) best = r;
+        }
+        if (best < 0) break;
+        a = t->merge[3 * best], b = t->merge[3 * best + 1], x = t->merge[3 * best + 2];
+        while (i < m) {
+            if (sym[i] == a && i + 1 < m && sym[i + 1] == b) {
+                tmp[k++] = x;
+                i += 2;
+            } else {
+                tmp[k++] = sym[i++];
+            }
+        }
+        memcpy(sym, tmp, k * sizeof *sym);
+        m = k;
+    }
+    return m;
+}
+
+/* The whole word as one token when the vocabulary has it (ignore_merges). */
+static int32_t whole_word(const dpo_bpe *t, const unsigned char *w, size_t n) {
+    char stack[512] = "", *s = n <= 256 ? stack : (char *)malloc(2 * n);
+    size_t k = 0;
+    int32_t id;
+    if (!s) return -1;
+    for (size_t i = 0; i < n; i++) k += bl_put(s + k, w[i]);
+    id = bpe_vmap_find(t, s, k);
+    if (s != stack) free(s);
+    return id;
+}
+
+/* Append the BPE tokens of word w to out. -1: out of memory. */
+static int word_tokens(const dpo_bpe *t, const unsigned char *w, size_t n, int fast,
+                       dpo_bpe_ids *out) {
+    int32_t *sym;
+    size_t m;
+    if (t->ignore_merges) {
+        int32_t id = whole_word(t, w, n);
+        if (id >= 0) return ids_push(out, id);
+    }
+    if (ids_reserve(out, n)) return -1;
+    sym = out->ids + out->n;
+    m = initial_symbols(t, w, n, sym);
+    if (!fast) {
+        int32_t *tmp = (int32_t *)malloc((m + 1) * sizeof *tmp);
+        if (!tmp) return -1;
+        m = merge_ref(t, sym, m, tmp);
+        free(tmp);
+    } else if (m <= SMALL_WORD) {
+        m = merge_small(t, sym, m);
+    } else {
+        long k = merge_large(t, sym, m);
+        if (k < 0) return -1;
+        m = (size_t)k;
+    }
+    out->n += m;
+    return 0;
+}
+
+dpo_status dpo_bpe_word(const dpo_bpe *t, const char *w, size_t n, int fast, dpo_bpe_ids *out,
+                        dpo_error *e) {
+    if (word_tokens(t, (const unsigned char *)w, n, fast, out)) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for a word of %zu bytes", n);
+        return e->status;
+    }
+    return DPO_OK;
+}
+
+/* ---- the word cache ------------------------------------------------------------------ */
+
+static void cache_clear(bpe_cache *c) {
+    memset(c->slot, 0, CACHE_SLOTS * sizeof *c->slot);
+    c->nk = c->nv = c->n = 0;
+}
+
+static int cache_ready(bpe_cache *c) {
+    if (c->slot) return 1;
+    if (c->failed) return 0;
+    c->slot = (cache_slot *)calloc(CACHE_SLOTS, sizeof *c->slot);
+    c->key = (unsigned char *)malloc(CACHE_KEYS);
+    c->val = (int32_t *)malloc(CACHE_VALS * sizeof *c->val);
+    if (!c->slot || !c->key || !c->val) {
+        cache_free(c);
+        c->failed = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static const cache_slot *cache_get(const bpe_cache *c, const unsigned char *w, size_t n,
+                                   uint64_t h) {
+    size_t i = (size_t)h & (CACHE_SLOTS - 1);
+    for (;;) {
+        const cache_slot *s = &c->slot[i];
+        if (s->h == 0) return NULL;
+        if (s->h == h && s->kn == n && memcmp(c->key + s->k, w, n) == 0) return s;
+        i = (i + 1) & (CACHE_SLOTS - 1);
+    }
+}
+
+static void cache_put(bpe_cache *c, const unsigned char *w, size_t n, uint64_t h,
+                      const int32_t *ids, size_t nv) {
+    size_t i;
+    cache_slot *s;
+    if (c->n >= CACHE_MAXN || c->nk + n > CACHE_KEYS || c->nv + nv > CACHE_VALS) cache_clear(c);
+    i = (size_t)h & (CACHE_SLOTS - 1);
+    while (c->slot[i].h != 0) i = (i + 1) & (CACHE_SLOTS - 1);
+    s = &c->slot[i];
+    s->h = h;
+    s->k = (uint32_t)c->nk;
+    s->kn = (uint8_t)n;
+    s->v = (uint32_t)c->nv;
+    s->vn = (uint8_t)nv;
+    memcpy(c->key + c->nk, w, n);
+    memcpy(c->val + c->nv, ids, nv * sizeof *ids);
+    c->nk += n;
+    c->nv += nv;
+    c->n++;
+}
+
+/* ---- encoding ---------------------------------------------------------------------- */
+
+static int encode_piece(const dpo_bpe *t, bpe_cache *c, const unsigned char *w, size_t n,
+                        dpo_bpe_ids *out) {
+    uint64_t h = 0;
+    size_t before;
+    if (n == 1) {
+        int32_t id = t->byte_id[w[0]];
+        if (id < 0) id = t->role[DPO_BPE_UNK];
+        return id >= 0 ? ids_push(out, id) : 0;
+    }
+    if (n <= CACHE_WORD && c && cache_ready(c)) {
+        const cache_slot *s;
+        h = bpe_hash_bytes(w, n);
+        s = cache_get(c, w, n, h);
+        if (s) {
+            const int32_t *v = c->val + s->v;
+            if (out->cap - out->n < s->vn && ids_reserve(out, s->vn)) return -1;
+            for (unsigned k = 0; k < s->vn; k++) out->ids[out->n + k] = v[k]; /* mostly 1 or 2 */
+            out->n += s->vn;
+            return 0;
+        }
+    }
+    before = out->n;
+    if (word_tokens(t, w, n, 1, out)) return -1;
+    if (h) cache_put(c, w, n, h, out->ids + before, out->n - before);
+    return 0;
+}
+
+/* Text with no added tokens in it: pre-tokenize, merge each piece. */
+static int encode_body(const dpo_bpe *t, bpe_cache *c, const unsigned char *s, size_t n,
+                       dpo_bpe_ids *out) {
+    if (t->nmerges == 0 && !t->ignore_merges) { /* bytes: no need to split */
+        int32_t unk = t->role[DPO_BPE_UNK];
+        if (ids_reserve(out, n)) return -1;
+        for (size_t i = 0; i < n; i++) {
+            int32_t id = t->byte_id[s[i]];
+            if (id < 0) id = unk;
+            if (id >= 0) out->ids[out->n++] = id;
+        }
+        return 0;
+    }
+    if (!t->use_regex) return encode_piece(t, c, s, n, out);
+    for (size_t i = 0; i < n;) {
+        size_t j = bpe_next_piece(s, n, i);
+        if (encode_piece(t, c, s + i, j - i, out)) return -1;
+        i = j;
+    }
+    return 0;
+}
+
+/* The same, with the ByteLevel option add_prefix_space. */
+static int encode_plain(const dpo_bpe *t, bpe_cache *c, const unsigned char *s, size_t n,
+                        dpo_bpe_ids *out) {
+    unsigned char *p;
+    int r;
+    if (n == 0) return 0;
+    if (!t->add_prefix_space || s[0] == ' ') return encode_body(t, c, s, n, out);
+    p = (unsigned char *)malloc(n + 1);
+    if (!p) return -1;
+    p[0] = ' ';
+    memcpy(p + 1, s, n);
+    r = encode_body(t, c, p, n + 1, out);
+    free(p);
+    return r;
+}
+
+static int is_word_char(const unsigned char *s, size_t n, size_t i) {
+    size_t len;
+    int cl = char_at(s, n, i, &len);
+    return cl == CL_LETTER || cl == CL_NUMBER || s[i] == '_';
+}
+
+/*
+** The leftmost added token at or after `from` (the longest there): 1 with
+** [*ms, *me) the span it takes (with the whitespace lstrip / rstrip take)
+** and *id, or 0.
+*/
+static int find_added(const dpo_bpe *t, const unsigned char *s, size_t n, size_t from, size_t *ms,
+                      size_t *me, int32_t *id) {
+    for (size_t p = from; p < n; p++) {
+        if (t->afirst_only >= 0) { /* one first byte, as GPT-2's '<': memchr */
+            const unsigned char *q = (const unsigned char *)memchr(s + p, t->afirst_only, n - p);
+            if (!q) return 0;
+            p = (size_t)(q - s);
+        } else if (!t->afirst[s[p]]) {
+            continue;
+        }
+        for (int k = 0; k < t->nadded; k++) {
+            const added_tok *a = &t->added[t->amatch[k]];
+            size_t len = t->tok[a->id].str_len, st;
+            if (len > n - p || memcmp(bpe_tok_str(t, a->id), s + p, len) != 0) continue;
+            if (a->single_word) {
+                if (p > from && is_word_char(s, n, p - 1)) {
+                    size_t q;
+                    char_before(s, n, from, p, &q);
+                    if (is_word_char(s, n, q)) continue;
+                }
+                if (p + len < n && is_word_char(s, n, p + len)) continue;
+            }
+            *ms = p;
+            *me = p + len;
+            if (a->lstrip)
+                while (*ms > from && char_before(s, n, from, *ms, &st) == CL_SPACE) *ms = st;
+            if (a->rstrip) {
+                size_t l;
+                while (*me < n && char_at(s, n, *me, &l) == CL_SPACE) *me += l;
+            }
+            *id = a->id;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int encode_text(const dpo_bpe *t, bpe_cache *c, const unsigned char *s, size_t n,
+                       int special, dpo_bpe_ids *out) {
+    size_t start = 0, ms, me;
+    int32_t id;
+    if (!special || t->nadded == 0) return encode_plain(t, c, s, n, out);
+    while (start < n && find_added(t, s, n, start, &ms, &me, &id)) {
+        if (encode_plain(t, c, s + start, ms - start, out) || ids_push(out, id)) return -1;
+        start = me;
+    }
+    return encode_plain(t, c, s + start, n - start, out);
+}
+
+static int ensure_caches(dpo_bpe *t, int k) {
+    bpe_cache *c;
+    if (k <= t->ncache) return 0;
+    c = (bpe_cache *)realloc(t->cache, (size_t)k * sizeof *c);
+    if (!c) return -1;
+    memset(c + t->ncache, 0, (size_t)(k - t->ncache) * sizeof *c);
+    t->cache = c;
+    t->ncache = k;
+    return 0;
+}
+
+dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int special, dpo_bpe_ids *out,
+                          dpo_error *e) {
+    bpe_cache *c = ensure_caches(t, 1) ? NULL : &t->cache[0];
+    if (encode_text(t, c, (const unsigned char *)s, n, special, out)) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory encoding %zu bytes", n);
+        return e->status;
+    }
+    return DPO_OK;
+}
+
+dpo_status dpo_bpe_encode_batch(dpo_bpe *t, size_t count, const char *const *texts,
+                                const size_t *lens, int special, dpo_bpe_ids *outs, dpo_error *e) {
+    int nt = omp_get_max_threads(), failed = 0;
+    if ((size_t)nt > count) nt = (int)count;
+    if (nt < 1) nt = 1;
+    if (ensure_caches(t, nt)) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for %d word caches", nt);
+        return e->status;
+    }
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+    for (long k = 0; k < (long)count; k++) {
+        bpe_cache *c = &t->cache[omp_get_thread_num()];
+        dpo_bpe_ids v = outs[k]; /* a local copy: neighbours in outs share cache lines */
+        if (encode_text(t, c, (const unsigned char *)texts[k], lens[k], special, &v)) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        outs[k] = v;
+    }
+    if (failed) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory encoding a batch of %zu texts", count);
+        return e->status;
+    }
+    return DPO_OK;
+}
+
+static int is_special(const dpo_bpe *t, int32_t id) {
+    if (!t->tok[id].added) return 0;
+    for (int k = 0; k < t->nadded; k++)
+        if (t->added[k].id == id) return t->added[k].special;
+    return 0;
+}
+
+char *dpo_bpe_decode(const dpo_bpe *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
+                     dpo_error *e) {
+    size_t total = 0, k = 0;
+    char *out;
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->n)
+            return (char *)dpo_fail(e, DPO_ERR_RANGE, 1,
+                                    "id %ld is out of range (vocabulary of %ld tokens, 0..%ld)",
+                                    (long)id, (long)t->n, (long)t->n - 1);
+        if (!t->tok[id].used)
+            return (char *)dpo_fail(e, DPO_ERR_RANGE, 1, "id %ld is not in the vocabulary",
+                                    (long)id);
+        total += t->tok[id].raw_len;
+    }
+    out = (char *)malloc(total + 1);
+    if (!out) return (char *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory decoding %zu ids", n);
+    for (size_t i = 0; i < n; i++) {
+        const tok_entry *te = &t->tok[ids[i]];
+        if (skip_special && te->added && is_special(t, ids[i])) continue;
+        memcpy(out + k, t->raws.p + te->raw, te->raw_len);
+        k += te->raw_len;
+    }
+    out[k] = '\0';
+    *len = k;
+    return out;
+}
+
+/* ---- facts --------------------------------------------------------------------------- */
+
+int32_t dpo_bpe_vocab_size(const dpo_bpe *t) {
+    return t->n;
+}
+
+int32_t dpo_bpe_num_merges(const dpo_bpe *t) {
+    return t->nmerges;
+}
+
+int32_t dpo_bpe_token_to_id(const dpo_bpe *t, const char *s, size_t n) {
+    return bpe_vmap_find(t, s, n);
+}
+
+const char *dpo_bpe_id_to_token(const dpo_bpe *t, int32_t id, size_t *n) {
+    if (id < 0 || id >= t->n || !t->tok[id].used) return NULL;
+    *n = t->tok[id].str_len;
+    return bpe_tok_str(t, id);
+}
+
+const char *dpo_bpe_id_to_bytes(const dpo_bpe *t, int32_t id, size_t *n) {
+    if (id < 0 || id >= t->n || !t->tok[id].used) return NULL;
+    *n = t->tok[id].raw_len;
+    return t->raws.p + t->tok[id].raw;
+}
+
+int32_t dpo_bpe_role_id(const dpo_bpe *t, dpo_bpe_role r) {
+    return (r >= 0 && r < DPO_BPE_NROLES) ? t->role[r] : -1;
+}
+
+dpo_status dpo_bpe_set_role(dpo_bpe *t, dpo_bpe_role r, int32_t id, dpo_error *e) {
+    if (r < 0 || r >= DPO_BPE_NROLES) {
+        dpo_fail(e, DPO_ERR_ARG, 1, "no such role");
+        return e->status;
+    }
+    if (id != -1 && (id < 0 || id >= t->n || !t->tok[id].used)) {
+        dpo_fail(e, DPO_ERR_RANGE, 2, "id %ld is not in the vocabulary (0..%ld)", (long)id,
+                 (long)t->n - 1);
+        return e->status;
+    }
+    t->role[r] = id;
+    return DPO_OK;
+}
+
+int dpo_bpe_num_added(const dpo_bpe *t) {
+    return t->nadded;
+}
+
+int32_t dpo_bpe_added(const dpo_bpe *t, int k, int *special) {
+    if (k < 0 || k >= t->nadded) return -1;
+    if (special) *special = t->added[k].special;
+    return t->added[k].id;
+}
+
+/* ---- loading ------------------------------------------------------------------------- */
+
+static char *read_file(const char *path, size_t *len, dpo_error *e) {
+    FILE *f = fopen(path, "rb");
+    sbuf b = {0};
+    if (!f) return (char *)dpo_fail(e, DPO_ERR_IO, 0, "%s: %s", path, strerror(errno));
+    for (;;) {
+        size_t got;
+        if (sbuf_reserve(&b, (size_t)1 << 16)) {
+            fclose(f);
+            free(b.p);
+            return (char *)dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory reading it", path);
+        }
+        got = fread(b.p + b.n, 1, b.cap - b.n - 1, f);
+        b.n += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        int err = errno;
+        fclose(f);
+        free(b.p);
+        return (char *)dpo_fail(e, DPO_ERR_IO, 0, "%s: read error: %s", path, strerror(err));
+    }
+    fclose(f);
+    b.p[b.n] = '\0';
+    *len = b.n;
+    return b.p;
+}
+
+static json_t *parse_json(const char *path, dpo_error *e) {
+    size_t n;
+    json_error_t je;
+    json_t *j;
+    char *s = read_file(path, &n, e);
+    if (!s) return NULL;
+    j = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
+    free(s);
+    if (!j)
+        return (json_t *)dpo_fail(e, DPO_ERR_ARG, 0, "%s:%d:%d: %s", path, je.line, je.column,
+                                  je.text);
+    return j;
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* dir/name, malloc'd (NULL when out of memory). */
+static char *join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = (char *)malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+/* The "type" of a tokenizer.json component, NULL when it is null or absent. */
+static const char *component_type(json_t *root, const char *key) {
+    json_t *c = json_object_get(root, key), *ty;
+    if (!c || json_is_null(c)) return NULL;
+    ty = json_object_get(c, "type");
+    return json_is_string(ty) ? json_string_value(ty) : "(no type)";
+}
+
+/* An id from JSON: an integer in 0..MAX_ID-1, else a message and -1. */
+static int32_t json_id(json_t *v, const char *where, const char *what, const char *s, size_t n,
+                       dpo_error *e) {
+    char b1[SHOWN + 4];
+    if (!json_is_integer(v)) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: the id of %s '%s' is not an integer", where, what,
+                 bpe_shown(s, n, b1));
+        return -1;
+    }
+    if (json_integer_value(v) < 0 || json_integer_value(v) >= MAX_ID) {
+        dpo_fail(e, DPO_ERR_RANGE, 0, "%s: the id %lld of %s '%s' is out of range 0..%d", where,
+                 (long long)json_integer_value(v), what, bpe_shown(s, n, b1), MAX_ID - 1);
+        return -1;
+    }
+    return (int32_t)json_integer_value(v);
+}
+
+/* Every entry of a JSON object token -> id. */
+static dpo_status add_vocab(dpo_bpe *t, json_t *vocab, int added, const char *where, dpo_error *e) {
+    const char *key;
+    size_t klen;
+    json_t *v;
+    json_object_keylen_foreach(vocab, key, klen, v) {
+        int32_t id = json_id(v, where, "token", key, klen, e);
+        if (id < 0 || bpe_set_token(t, id, key, klen, added, where, e) != DPO_OK) return e->status;
+        if (added && bpe_add_added(t, id, 1, 0, 0, 0, 0, where, e) != DPO_OK) return e->status;
+    }
+    return DPO_OK;
+}
+
+static int flag(json_t *o, const char *key) {
+    return json_is_true(json_object_get(o, key));
+}
+
+static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo_error *e) {
+    json_t *model, *vocab, *merges, *added, *pre, *j, *v;
+    const char *ty;
+    size_t idx;
+    if (!json_is_object(root) || !json_is_object(model = json_object_get(root, "model")))
+        goto not_tokenizer;
+    j = json_object_get(model, "type");
+    ty = json_is_string(j) ? json_string_value(j) : NULL;
+    if (!ty && !json_object_get(model, "merges")) goto not_tokenizer;
+    if (ty && strcmp(ty, "BPE") != 0) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported model type '%s' (only BPE is supported)", path,
+                 ty);
+        return e->status;
+    }
+    if ((ty = component_type(root, "normalizer")) != NULL) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported normalizer '%s' (only none)", path, ty);
+        return e->status;
+    }
+    ty = component_type(root, "pre_tokenizer");
+    if (!ty || strcmp(ty, "ByteLevel") != 0) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported pre_tokenizer '%s' (only ByteLevel)", path,
+                 ty ? ty : "none");
+        return e->status;
+    }
+    ty = component_type(root, "decoder");
+    if (ty && strcmp(ty, "ByteLevel") != 0) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported decoder '%s' (only ByteLevel)", path, ty);
+        return e->status;
+    }
+    pre = json_object_get(root, "pre_tokenizer");
+    t->add_prefix_space = flag(pre, "add_prefix_space");
+    j = json_object_get(pre, "use_regex");
+    t->use_regex = j ? json_is_true(j) : 1;
+    j = json_object_get(model, "dropout");
+    if (j && !json_is_null(j) && !(json_is_number(j) && json_number_value(j) <= 0.0)) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: BPE dropout is not supported", path);
+        return e->status;
+    }
+    for (int k = 0; k < 2; k++) {
+        const char *key = k ? "end_of_word_suffix" : "continuing_subword_prefix";
+        j = json_object_get(model, key);
+        if (j && !json_is_null(j) && !(json_is_string(j) && json_string_length(j) == 0)) {
+            dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported %s (only none)", path, key);
+            return e->status;
+        }
+    }
+    t->ignore_merges = flag(model, "ignore_merges");
+    vocab = json_object_get(model, "vocab");
+    if (!json_is_object(vocab)) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: the BPE model has no \"vocab\" object", path);
+        return e->status;
+    }
+    if (add_vocab(t, vocab, 0, path, e) != DPO_OK) return e->status;
+    added = json_object_get(root, "added_tokens");
+    if (added && !json_is_null(added) && !json_is_array(added)) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: \"added_tokens\" is not a list", path);
+        return e->status;
+    }
+    json_array_foreach(added, idx, v) {
+        json_t *c = json_object_get(v, "content");
+        int32_t id;
+        if (!json_is_string(c)) {
+            dpo_fail(e, DPO_ERR_ARG, 0, "%s: added token %zu has no \"content\" string", path,
+                     idx + 1);
+            return e->status;
+        }
+        id = json_id(json_object_get(v, "id"), path, "added token", json_string_value(c),
+                     json_string_length(c), e);
+        if (id < 0 ||
+            bpe_set_token(t, id, json_string_value(c), json_string_length(c), 1, path, e) !=
+                DPO_OK ||
+            bpe_add_added(t, id, flag(v, "special"), flag(v, "lstrip"), flag(v, "rstrip"),
+                          flag(v, "single_word"), flag(v, "normalized"), path, e) != DPO_OK)
+            return e->status;
+    }
+    merges = json_object_get(model, "merges");
+    if (!json_is_array(merges)) {
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: the BPE model has no \"merges\" list", path);
+        return e->status;
+    }
+    json_array_foreach(merges, idx, v) {
+        json_t *a = json_array_get(v, 0), *b = json_array_get(v, 1);
+        long k = -(long)idx - 1;
+        if (json_is_string(v)) {
+            if (add_merge_str(t, json_string_value(v), json_string_length(v), path, k, e) != DPO_OK)
+                return e->status;
+        } else if (json_is_array(v) && json_array_size(v) == 2 && json_is_string(a) &&
+                   json_is_string(b)) {
+            int32_t ia = bpe_vmap_find(t, json_string_value(a), json_string_length(a));
+            int32_t ib = bpe_vmap_find(t, json_string_value(b), json_string_length(b));
+            json_t *m = ia < 0 ? a : b;
+            if (ia < 0 || ib < 0)
+                return merge_token_missing(json_string_value(m), json_string_length(m), path, k, e);
+            if (bpe_add_merge(t, ia, ib, path, k, e) != DPO_OK) return e->status;
+        } else {
+            dpo_fail(e, DPO_ERR_ARG, 0, "%s: merge %zu: neither \"a b\" nor [\"a\", \"b\"]", path,
+                     idx + 1);
+            return e->status;
+        }
+    }
+    j = json_object_get(model, "unk_token");
+    if (json_is_string(j))
+        t->role[DPO_BPE_UNK] = bpe_vmap_find(t, json_string_value(j), json_string_length(j));
+    return bpe_finish(t, path, e);
+not_tokenizer:
+    dpo_fail(e, DPO_ERR_ARG, 0, "%s: not a tokenizer.json (no \"model\" object with a type)", path);
+    return e->status;
+}
+
+static dpo_bpe *json_tokenizer(const char *path, dpo_error *e) {
+    dpo_bpe *t;
+    json_t *root = parse_json(path, e);
+    if (!root) return NULL;
+    t = bpe_new(e);
+    if (t && fill_from_json(t, path, root, e) != DPO_OK) {
+        dpo_bpe_free(t);
+        t = NULL;
+    }
+    json_decref(root);
+    return t;
+}
+
+dpo_bpe *dpo_bpe_load_json(const char *path, dpo_error *e) {
+    dpo_bpe *t = json_tokenizer(path, e);
+    if (t) bpe_default_roles(t, NULL);
+    return t;
+}
+
+/* GPT-2's vocabulary and merges, without bpe_finish(). */
+static dpo_status fill_gpt2(dpo_bpe *t, const char *vocab_path, const char *merges_path,
+                            dpo_error *e) {
+    json_t *root = parse_json(vocab_path, e);
+    char *s;
+    const char *p, *end;
+    size_t n;
+    long line = 0;
+    int32_t eot;
+    if (!root) return e->status;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        dpo_fail(e, DPO_ERR_ARG, 0, "%s: not a vocabulary (a JSON object of token: id)",
+                 vocab_path);
+        return e->status;
+    }
+    if (add_vocab(t, root, 0, vocab_path, e) != DPO_OK) {
+        json_decref(root);
+        return e->status;
+    }
+    json_decref(root);
+    eot = bpe_vmap_find(t, "<|endoftext|>", 13);
+    if (eot >= 0 && (bpe_set_token(t, eot, "<|endoftext|>", 13, 1, vocab_path, e) != DPO_OK ||
+                     bpe_add_added(t, eot, 1, 0, 0, 0, 0, vocab_path, e) != DPO_OK))
+        return e->status;
+    s = read_file(merges_path, &n, e);
+    if (!s) return e->status;
+    for (p = s, end = s + n; p < end;) {
+        const char *nl = (const char *)memchr(p, '\n', (size_t)(end - p));
+        size_t len = (size_t)((nl ? nl : end) - p);
+        line++;
+        if (len && p[len - 1] == '\r') len--;
+        if (len && !(len >= 8 && memcmp(p, "#version", 8) == 0)) {
+            if (add_merge_str(t, p, len, merges_path, line, e) != DPO_OK) {
+                free(s);
+                return e->status;
+            }
+        }
+        p = nl ? nl + 1 : end;
+    }
+    free(s);
+    return DPO_OK;
+}
+
+dpo_bpe *dpo_bpe_load_gpt2(const char *vocab_path, const char *merges_path, dpo_error *e) {
+    dpo_bpe *t = bpe_new(e);
+    if (!t) return NULL;
+    if (fill_gpt2(t, vocab_path, merges_path, e) != DPO_OK ||
+        bpe_finish(t, merges_path, e) != DPO_OK) {
+        dpo_bpe_free(t);
+        return NULL;
+    }
+    bpe_default_roles(t, NULL);
+    return t;
+}
+
+/* Roles named by a directory's special_tokens_map.json and tokenizer_config.json. */
+static dpo_status read_roles(dpo_bpe *t, const char *dir, int *explicit_role, dpo_error *e) {
+    static const char *const files[] = {"special_tokens_map.json", "tokenizer_config.json"};
+    for (int f = 0; f < 2; f++) {
+        char *path = join(dir, files[f]);
+        json_t *root;
+        if (!path) {
+            dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+            return e->status;
+        }
+        if (!is_file(path)) {
+            free(path);
+            continue;
+        }
+        root = parse_json(path, e);
+        if (!root || !json_is_object(root)) {
+            if (root) dpo_fail(e, DPO_ERR_ARG, 0, "%s: not a JSON object", path);
+            json_decref(root);
+            free(path);
+            return e->status;
+        }
+        for (int r = 0; r < DPO_BPE_NROLES; r++) {
+            json_t *v = json_object_get(root, role_key[r]);
+            int32_t id;
+            if (!v) continue;
+            if (json_is_null(v)) {
+                t->role[r] = -1;
+                explicit_role[r] = 1;
+                continue;
+            }
+            if (json_is_object(v)) v = json_object_get(v, "content");
+            if (!json_is_string(v)) continue;
+            id = bpe_vmap_find(t, json_string_value(v), json_string_length(v));
+            if (id >= 0) {
+                t->role[r] = id;
+                explicit_role[r] = 1;
+            }
+        }
+        json_decref(root);
+        free(path);
+    }
+    return DPO_OK;
+}
+
+/* dir's vocabulary and merges files (+ added_tokens.json); *found = 0 when
+** they are not there (t NULL, e untouched), else t or NULL with e filled. */
+static dpo_bpe *load_pair(const char *dir, const char *vname, const char *mname, int *found,
+                          dpo_error *e) {
+    char *v = join(dir, vname), *m = join(dir, mname), *a = join(dir, "added_tokens.json");
+    dpo_bpe *t = NULL;
+    json_t *root = NULL;
+    *found = 1;
+    if (!v || !m || !a) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+        goto done;
+    }
+    if (!is_file(v) || !is_file(m)) {
+        *found = 0;
+        goto done;
+    }
+    t = bpe_new(e);
+    if (!t || fill_gpt2(t, v, m, e) != DPO_OK) goto fail;
+    if (is_file(a)) {
+        root = parse_json(a, e);
+        if (!root) goto fail;
+        if (!json_is_object(root)) {
+            dpo_fail(e, DPO_ERR_ARG, 0, "%s: not a JSON object of token: id", a);
+            goto fail;
+        }
+        if (add_vocab(t, root, 1, a, e) != DPO_OK) goto fail;
+    }
+    if (bpe_finish(t, m, e) == DPO_OK) goto done;
+fail:
+    dpo_bpe_free(t);
+    t = NULL;
+done:
+    json_decref(root);
+    free(v), free(m), free(a);
+    return t;
+}
+
+/* A directory's files: tokenizer.json, or a vocabulary and its merges. */
+static dpo_bpe *load_dir(const char *dir, dpo_error *e) {
+    int explicit_role[DPO_BPE_NROLES] = {0}, found = 0;
+    char *tj = join(dir, "tokenizer.json");
+    dpo_bpe *t = NULL;
+    if (!tj) return (dpo_bpe *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+    if (is_file(tj)) {
+        t = json_tokenizer(tj, e);
+        found = 1;
+    }
+    free(tj);
+    if (!found) t = load_pair(dir, "vocab.json", "merges.txt", &found, e);
+    if (!found) t = load_pair(dir, "encoder.json", "vocab.bpe", &found, e);
+    if (!found)
+        return (dpo_bpe *)dpo_fail(e, DPO_ERR_IO, 0,
+                                   "%s: no tokenizer.json, vocab.json + merges.txt or "
+                                   "encoder.json + vocab.bpe in this directory",
+                                   dir);
+    if (t && read_roles(t, dir, explicit_role, e) != DPO_OK) {
+        dpo_bpe_free(t);
+        return NULL;
+    }
+    if (t) bpe_default_roles(t, explicit_role);
+    return t;
+}
+
+dpo_bpe *dpo_bpe_load(const char *path, dpo_error *e) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return (dpo_bpe *)dpo_fail(e, DPO_ERR_IO, 0, "%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return load_dir(path, e);
+    return dpo_bpe_load_json(path, e);
+}
+
+/* ---- saving ------------------------------------------------------------------------ */
+
+/* o[key] = v, taking v; 0 when either is missing (out of memory). */
+static int jset(json_t *o, const char *key, json_t *v) {
+    return o && v && json_object_set_new(o, key, v) == 0;
+}
+
+static json_t *bytelevel_json(int add_prefix_space, int trim_offsets, int use_regex) {
+    json_t *o = json_object();
+    if (jset(o, "type", json_string("ByteLevel")) &&
+        jset(o, "add_prefix_space", json_boolean(add_prefix_space)) &&
+        jset(o, "trim_offsets", json_boolean(trim_offsets)) &&
+        jset(o, "use_regex", json_boolean(use_regex)))
+        return o;
+    json_decref(o);
+    return NULL;
+}
+
+/* The tokenizer.json document, laid out as Hugging Face writes it. */
+static json_t *to_json(const dpo_bpe *t) {
+    json_t *root = json_object(), *added = json_array(), *model = json_object();
+    json_t *vocab = json_object(), *merges = json_array();
+    int32_t unk = t->role[DPO_BPE_UNK];
+    sbuf m = {0};
+    int ok = jset(root, "version", json_string("1.0")) && jset(root, "truncation", json_null()) &&
+             jset(root, "padding", json_null()) && jset(root, "added_tokens", json_incref(added));
+    for (int k = 0; ok && k < t->nadded; k++) {
+        const added_tok *a = &t->added[k];
+        json_t *o = json_object();
+        ok = jset(o, "id", json_integer(a->id)) &&
+             jset(o, "content", json_stringn(bpe_tok_str(t, a->id), t->tok[a->id].str_len)) &&
+             jset(o, "single_word", json_boolean(a->single_word)) &&
+             jset(o, "lstrip", json_boolean(a->lstrip)) &&
+             jset(o, "rstrip", json_boolean(a->rstrip)) &&
+             jset(o, "normalized", json_boolean(a->normalized)) &&
+             jset(o, "special", json_boolean(a->special)) && json_array_append_new(added, o) == 0;
+    }
+    ok = ok && jset(root, "normalizer", json_null()) &&
+         jset(root, "pre_tokenizer", bytelevel_json(t->add_prefix_space, 1, t->use_regex)) &&
+         jset(root, "post_processor", bytelevel_json(1, 0, 1)) &&
+         jset(root, "decoder", bytelevel_json(1, 1, 1)) &&
+         jset(root, "model", json_incref(model)) && jset(model, "type", json_string("BPE")) &&
+         jset(model, "dropout", json_null()) &&
+         jset(model, "unk_token",
+              unk >= 0 ? json_stringn(bpe_tok_str(t, unk), t->tok[unk].str_len) : json_null()) &&
+         jset(model, "continuing_subword_prefix", json_null()) &&
+         jset(model, "end_of_word_suffix", json_null()) && jset(model, "fuse_unk", json_false()) &&
+         jset(model, "byte_fallback", json_false()) &&
+         (!t->ignore_merges || jset(model, "ignore_merges", json_true())) &&
+         jset(model, "vocab", json_incref(vocab)) && jset(model, "merges", json_incref(merges));
+    for (int32_t id = 0; ok && id < t->n; id++)
+        if (t->tok[id].used)
+            ok = json_object_setn_new(vocab, bpe_tok_str(t, id), t->tok[id].str_len,
+                                      json_integer(id)) == 0;
+    for (int32_t r = 0; ok && r < t->nmerges; r++) {
+        int32_t a = t->merge[3 * r], b = t->merge[3 * r + 1];
+        const char *sa = bpe_tok_str(t, a), *sb = bpe_tok_str(t, b);
+        size_t na = t->tok[a].str_len, nb = t->tok[b].str_len;
+        /* "a b" as GPT-2 writes them, unless a token holds a space: ["a", "b"] */
+        if (memchr(sa, ' ', na) || memchr(sb, ' ', nb)) {
+            ok = json_array_append_new(merges, json_pack("[s%s%]", sa, na, sb, nb)) == 0;
+            continue;
+        }
+        m.n = 0;
+        ok = bpe_sbuf_add(&m, sa, na) == 0 && bpe_sbuf_add(&m, " ", 1) == 0 &&
+             bpe_sbuf_add(&m, sb, nb) == 0 &&
+             json_array_append_new(merges, json_stringn(m.p, m.n)) == 0;
+    }
+    free(m.p);
+    json_decref(added), json_decref(model), json_decref(vocab), json_decref(merges);
+    if (!ok) {
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+/* The roles, as transformers' AutoTokenizer reads them beside tokenizer.json. */
+static json_t *config_json(const dpo_bpe *t) {
+    json_t *root = json_object();
+    int ok = jset(root, "tokenizer_class", json_string("PreTrainedTokenizerFast")) &&
+             jset(root, "clean_up_tokenization_spaces", json_false());
+    for (int r = 0; ok && r < DPO_BPE_NROLES; r++)
+        if (t->role[r] >= 0)
+            ok = jset(root, role_key[r],
+                      json_stringn(bpe_tok_str(t, t->role[r]), t->tok[t->role[r]].str_len));
+    if (!ok) {
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+static dpo_status save_doc(json_t *doc, const char *path, dpo_error *e) {
+    char *s = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
+    dpo_status st;
+    size_t n;
+    json_decref(doc);
+    if (!s) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory writing it", path);
+        return e->status;
+    }
+    n = strlen(s);
+    s[n] = '\n'; /* json_dumps leaves no newline; its NUL is ours to replace */
+    st = dpo_write_file_atomic(path, s, n + 1, e);
+    free(s);
+    return st;
+}
+
+dpo_status dpo_bpe_save(const dpo_bpe *t, const char *path, dpo_error *e) {
+    int dir = is_dir(path);
+    char *file = dir ? join(path, "tokenizer.json") : NULL;
+    dpo_status st;
+    if (dir && !file) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+        return e->status;
+    }
+    st = save_doc(to_json(t), dir ? file : path, e);
+    free(file);
+    if (st == DPO_OK && dir) {
+        file = join(path, "tokenizer_config.json");
+        st = file ? save_doc(config_json(t), file, e) : DPO_ERR_MEM;
+        if (!file) dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+        free(file);
+    }
+    return st;
+}
+
+/* ---- the byte tokenizer --------------------------------------------------------------- */
+
+dpo_status bpe_add_byte_tokens(dpo_bpe *t, dpo_error *e) {
+    for (int b = 0; b < 256; b++) {
+        char s[2];
+        size_t n = bl_put(s, (unsigned char)b);
+        if (bpe_set_token(t, b, s, n, 0, "bytes", e) != DPO_OK) return e->status;
+    }
+    return DPO_OK;
+}
+
+dpo_bpe *dpo_bpe_bytes(dpo_error *e) {
+    dpo_bpe *t = bpe_new(e);
+    if (!t) return NULL;
+    if (bpe_add_byte_tokens(t, e) != DPO_OK ||
+        bpe_set_token(t, 256, "<|endoftext|>", 13, 1, "bytes", e) != DPO_OK ||
+        bpe_add_added(t, 256, 1, 0, 0, 0, 0, "bytes", e) != DPO_OK ||
+        bpe_finish(t, "bytes", e) != DPO_OK) {
+        dpo_bpe_free(t);
+        return NULL;
+    }
+    bpe_default_roles(t, NULL);
+    return t;
+}
