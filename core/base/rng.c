@@ -1,7 +1,7 @@
 /*
 ** rng.c: xoshiro256** (Blackman and Vigna) seeded by splitmix64.
 ** Integer arithmetic only until the last step, so a seed gives the same
-** numbers on every machine; fills run in one thread, in logical order.
+** numbers on every machine. Tensors are filled from it by tensor/tensor_rand.c.
 */
 #include "base/rng.h"
 
@@ -58,21 +58,4 @@ double dpo_rng_normal(dpo_rng *r) {
     r->spare = rad * sin(TWO_PI * u2);
     r->has_spare = 1;
     return rad * cos(TWO_PI * u2);
-}
-
-void dpo_rng_fill_uniform(dpo_rng *r, dpo_tensor *t, double lo, double hi) {
-    int64_t n = dpo_tensor_numel(t);
-    for (int64_t i = 0; i < n; i++) {
-        double v = lo + (hi - lo) * dpo_rng_uniform(r);
-        if (t->dtype == DPO_I32)
-            v = floor(v);
-        else if ((float)v >= (float)hi && hi > lo) /* float rounding must not reach hi */
-            v = nextafterf((float)hi, (float)lo);
-        dpo_tensor_set(t, i, v);
-    }
-}
-
-void dpo_rng_fill_normal(dpo_rng *r, dpo_tensor *t, double mean, double std) {
-    int64_t n = dpo_tensor_numel(t);
-    for (int64_t i = 0; i < n; i++) dpo_tensor_set(t, i, mean + std * dpo_rng_normal(r));
 }

@@ -9,8 +9,6 @@
 
 #include <stdint.h>
 
-#include "tensor/tensor.h"
-
 typedef struct dpo_rng {
     uint64_t s[4];
     uint64_t seed;
@@ -22,8 +20,6 @@ void dpo_rng_seed(dpo_rng *r, uint64_t seed);
 uint64_t dpo_rng_next(dpo_rng *r);
 double dpo_rng_uniform(dpo_rng *r); /* [0, 1), 53 bits */
 double dpo_rng_normal(dpo_rng *r);
-/* t (float32) <- uniform in [lo, hi) / normal(mean, std), in logical order. */
-void dpo_rng_fill_uniform(dpo_rng *r, dpo_tensor *t, double lo, double hi);
-void dpo_rng_fill_normal(dpo_rng *r, dpo_tensor *t, double mean, double std);
+/* Filling tensors from a generator is the tensor layer's: tensor/tensor.h. */
 
 #endif

@@ -77,6 +77,6 @@ dpo_status dpo_ag_record_custom(dpo_tensor *out, dpo_op op, const dpo_custom *cu
 /* Backpropagate from root; grad may be NULL when root has one element. */
 dpo_status dpo_backward(dpo_tensor *root, const dpo_tensor *grad, dpo_error *e);
 
-void dpo_node_release(dpo_node *n);
+/* dpo_node_release is declared in tensor.h: a tensor releases its node. */
 
 #endif

@@ -6,7 +6,6 @@
 ** is allocated and the error record says why.
 */
 #include "tensor/tensor.h"
-#include "tensor/autograd.h"
 
 #include <math.h>
 #include <stdio.h>

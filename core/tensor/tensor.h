@@ -16,6 +16,7 @@
 #define DPO_TENSOR_H
 
 #include "base/common.h"
+#include "base/rng.h"
 
 #include <stdint.h>
 
@@ -92,7 +93,14 @@ typedef struct dpo_storage {
     void *ctx;
 } dpo_storage;
 
-struct dpo_node; /* autograd.h */
+/*
+** The one reference between the tensor layer's two halves: a tensor owns the
+** autograd node that made it, and releasing the tensor releases the node.
+** The node is defined by autograd.h (which builds on this header) and its
+** release lives in autograd.c; tensor.c knows nothing else of autograd.
+*/
+struct dpo_node;
+void dpo_node_release(struct dpo_node *n);
 
 typedef struct dpo_tensor {
     dpo_storage *storage;
@@ -201,6 +209,11 @@ dpo_tensor *dpo_mm(const dpo_tensor *a, const dpo_tensor *b, dpo_error *e);
 dpo_tensor *dpo_matmul(const dpo_tensor *a, const dpo_tensor *b, dpo_error *e);
 /* Naive reference C = A B for row-major contiguous float arrays, for tests. */
 void dpo_mm_ref(float *c, const float *a, const float *b, int64_t m, int64_t n, int64_t k);
+
+/* ---- random fills (tensor_rand.c) -------------------------------------------- */
+/* t <- uniform in [lo, hi) (int32: floored) / normal(mean, std), in logical order. */
+void dpo_rng_fill_uniform(dpo_rng *r, dpo_tensor *t, double lo, double hi);
+void dpo_rng_fill_normal(dpo_rng *r, dpo_tensor *t, double mean, double std);
 
 /* ---- printing (tensor_print.c) -------------------------------------------- */
 /* A malloc'd string in Torch's layout, ending in "[<name> float32 of size 2x3]". */

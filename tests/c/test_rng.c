@@ -4,6 +4,7 @@
 */
 #include "check.h"
 #include "base/rng.h"
+#include "tensor/tensor.h"
 
 int main(void) {
     dpo_rng r;
