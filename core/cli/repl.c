@@ -8,7 +8,7 @@
 ** require("dpo.repl").complete(word) for candidates. History is kept in
 ** $DPOLUA_HISTORY or ~/.dpolua_history, appended after every chunk.
 ** Ctrl-C at the prompt drops the line being typed; during evaluation it
-** raises "interrupted!" (main.c's hook) and the prompt comes back.
+** raises "interrupted!" (call.c's hook) and the prompt comes back.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +26,7 @@
 #include <lua.h>
 
 #include "base/common.h"
+#include "cli/call.h"
 #include "cli/repl.h"
 
 #define PROMPT1       "dpo> "
