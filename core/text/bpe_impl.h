@@ -1,6 +1,6 @@
 /*
-** bpe_impl.h: what bpe.c (tokenizing, files) and bpe_train.c (training)
-** share inside the engine: the tokenizer's layout and the helpers that build
+** bpe_impl.h: what bpe.c (tokenizing), bpe_files.c (files) and bpe_train.c
+** (training) share inside the engine: the tokenizer's layout and the helpers that build
 ** one. Not for the bindings; bpe.h is the interface.
 */
 #ifndef DPO_BPE_IMPL_H
@@ -88,6 +88,7 @@ extern uint8_t bpe_class_bmp[0x10000];
 uint64_t bpe_mix64(uint64_t x);
 uint64_t bpe_hash_bytes(const void *p, size_t n);
 int32_t bpe_vmap_find(const dpo_bpe *t, const char *s, size_t n);
+int bpe_sbuf_reserve(sbuf *b, size_t extra);
 int bpe_sbuf_add(sbuf *b, const void *s, size_t n);
 int bpe_grow(void **p, size_t *cap, size_t need, size_t el);
 void bpe_tables(void);
@@ -100,6 +101,7 @@ dpo_status bpe_set_token(dpo_bpe *t, int32_t id, const char *s, size_t n, int ad
                          const char *where, dpo_error *e);
 dpo_status bpe_add_added(dpo_bpe *t, int32_t id, int special, int lstrip, int rstrip,
                          int single_word, int normalized, const char *where, dpo_error *e);
+const char *bpe_merge_where(const char *path, long line, char *buf, size_t n);
 dpo_status bpe_add_merge(dpo_bpe *t, int32_t a, int32_t b, const char *path, long line,
                          dpo_error *e);
 void bpe_default_roles(dpo_bpe *t, const int *explicit_role);
