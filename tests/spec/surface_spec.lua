@@ -1085,10 +1085,14 @@ case({ "dpo.trap_signals", "dpo.release_signals", "dpo.pending_signal" }, {
 
 case("dpo.save", {
    args = { S.path(function() return fresh_path(".safetensors") end),
-            S.tab(function() return { w = dpo.ones(2) } end), S.opt(S.tab({ format = "pt" })) },
+            S.tab(function() return { w = dpo.ones(2) } end), S.opt(S.tab({ format = "pt" })),
+            S.opt(S.tab({ dtype = "bfloat16" })) },
    check = function(r) assert.is_true(r) end,
    extra = function(t)
       local p = fresh_path(".safetensors")
+      t.fails("an unknown dtype", dpo.save, p, { w = dpo.ones(1) }, nil, { dtype = "float64" })
+      t.fails("a dtype that is a number", dpo.save, p, { w = dpo.ones(1) }, nil, { dtype = 2 })
+      t.fails("an unknown option", dpo.save, p, { w = dpo.ones(1) }, nil, { dtyp = "float16" })
       t.fails("an empty name", dpo.save, p, { [""] = dpo.ones(1) })
       t.fails("a number name", dpo.save, p, { [1] = dpo.ones(1) })
       t.fails("a name with a zero byte", dpo.save, p, { ["a\0b"] = dpo.ones(1) })
@@ -1117,6 +1121,55 @@ case("dpo.load", {
          assert.is_nil(ok)
          assert.are.equal("string", type(err))
       end
+   end,
+})
+
+local function st_reader() return assert(dpo.open_safetensors(F.st)) end
+local function closed_reader()
+   local r = st_reader()
+   r:close()
+   return r
+end
+local SELF_READER = function()
+   return S.obj(st_reader, { dead = { { "a closed reader", closed_reader } }, other = { A_TENSOR } })
+end
+
+case("dpo.open_safetensors", {
+   args = { S.path(F.st) },
+   check = function(r) assert.are.equal("userdata", type(r)) end,
+   extra = function(t)
+      for _, p in ipairs { F.missing, F.garbage, DIR } do
+         local ok, err = t.works("the file " .. p, dpo.open_safetensors, p)
+         assert.is_nil(ok)
+         assert.are.equal("string", type(err))
+      end
+   end,
+})
+
+case("dpo.SafetensorsReader.entries", {
+   args = { SELF_READER() },
+   check = function(list)
+      assert.are.same({ { name = "w", dtype = "F32", shape = { 2, 2 } } }, list)
+   end,
+})
+
+case("dpo.SafetensorsReader.read", {
+   args = { SELF_READER(), S.str("w"), S.obj(function() return dpo.zeros(2, 2) end) },
+   check = function(r) assert.is_true(r) end,
+   extra = function(t)
+      t.fails("a name the file lacks", st_reader().read, st_reader(), "v", dpo.zeros(2, 2))
+      t.fails("a tensor of another shape", st_reader().read, st_reader(), "w", dpo.zeros(4))
+      t.fails("an int32 tensor", st_reader().read, st_reader(), "w", dpo.zeros(2, 2):int())
+      t.fails("a strided tensor", st_reader().read, st_reader(), "w", dpo.zeros(2, 2):t())
+   end,
+})
+
+case("dpo.SafetensorsReader.close", {
+   args = { S.obj(st_reader, { other = { A_TENSOR } }) },
+   name = { "close", "__close", "__gc" },
+   extra = function(t)
+      local r = closed_reader()
+      t.works("closing twice", r.close, r)
    end,
 })
 
