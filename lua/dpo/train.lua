@@ -392,7 +392,7 @@ function train.save_checkpoint(dir, parts)
    local ok, err = log.mkdirs(tmp)
    if not ok then error("save_checkpoint: " .. err, 2) end
    local good, msg = pcall(function()
-      parts.model:save(tmp)
+      parts.model:save(tmp, { dtype = "float32" }) -- exact resume, whatever dtype it was loaded in
       if parts.tokenizer then parts.tokenizer:save(tmp .. "/tokenizer.json") end
       local state = parts.state or {}
       if parts.optimizer then
