@@ -620,42 +620,46 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
     return 0;
 }
 
+/* Widen n elements of float kind k at src into d. */
+static void widen(int k, const unsigned char *src, float *d, int64_t n) {
+    switch (k) {
+    case K_F32:
+        if (host_is_le())
+            memcpy(d, src, (size_t)n * 4);
+        else
+            for (int64_t i = 0; i < n; i++) d[i] = bits_f32(rd32(src + 4 * i));
+        break;
+    case K_F16:
+#pragma omp parallel for if (n > 65536)
+        for (int64_t i = 0; i < n; i++) d[i] = dpo_f16_to_f32(rd16(src + 2 * i));
+        break;
+    case K_BF16:
+#pragma omp parallel for if (n > 65536)
+        for (int64_t i = 0; i < n; i++) d[i] = dpo_bf16_to_f32(rd16(src + 2 * i));
+        break;
+    case K_F64:
+        for (int64_t i = 0; i < n; i++) {
+            uint64_t u = rd64(src + 8 * i);
+            double v;
+            memcpy(&v, &u, 8);
+            d[i] = f64_to_f32(v);
+        }
+        break;
+    case K_F8_E4M3:
+        for (int64_t i = 0; i < n; i++) d[i] = e4m3_to_f32(src[i]);
+        break;
+    default: /* K_F8_E5M2 */
+        for (int64_t i = 0; i < n; i++) d[i] = e5m2_to_f32(src[i]);
+        break;
+    }
+}
+
 /* Convert n elements of kind k at src into t (a new contiguous tensor). */
 static int convert(const char *path, const st_entry *en, const unsigned char *src, dpo_tensor *t,
                    dpo_error *e) {
     int64_t n = (int64_t)en->numel;
     if (kinds[en->kind].to == DPO_F32) {
-        float *d = dpo_f32(t);
-        switch (en->kind) {
-        case K_F32:
-            if (host_is_le())
-                memcpy(d, src, (size_t)n * 4);
-            else
-                for (int64_t i = 0; i < n; i++) d[i] = bits_f32(rd32(src + 4 * i));
-            break;
-        case K_F16:
-#pragma omp parallel for if (n > 65536)
-            for (int64_t i = 0; i < n; i++) d[i] = dpo_f16_to_f32(rd16(src + 2 * i));
-            break;
-        case K_BF16:
-#pragma omp parallel for if (n > 65536)
-            for (int64_t i = 0; i < n; i++) d[i] = dpo_bf16_to_f32(rd16(src + 2 * i));
-            break;
-        case K_F64:
-            for (int64_t i = 0; i < n; i++) {
-                uint64_t u = rd64(src + 8 * i);
-                double v;
-                memcpy(&v, &u, 8);
-                d[i] = f64_to_f32(v);
-            }
-            break;
-        case K_F8_E4M3:
-            for (int64_t i = 0; i < n; i++) d[i] = e4m3_to_f32(src[i]);
-            break;
-        default: /* K_F8_E5M2 */
-            for (int64_t i = 0; i < n; i++) d[i] = e5m2_to_f32(src[i]);
-            break;
-        }
+        widen(en->kind, src, dpo_f32(t), n);
         return 0;
     }
     {
@@ -952,10 +956,26 @@ const char *dpo_st_path(const dpo_st_reader *r) {
     return r ? r->path : NULL;
 }
 
+/*
+** Elements widened between two returns of the file's pages: the mapping holds
+** at most this many elements' bytes (8 MB of BF16) in memory while a tensor
+** is read, whatever its size.
+*/
+#define READ_CHUNK (4 << 20)
+
+/* Give back the pages of [a, b) of the read-only mapping: unmodified pages
+   of a file, read again from it if they are touched later. */
+static void drop_pages(const unsigned char *a, const unsigned char *b) {
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t lo;
+    if (pg <= 0 || b <= a) return;
+    lo = (uintptr_t)a & ~(uintptr_t)(pg - 1);
+    (void)madvise((void *)lo, (size_t)((uintptr_t)b - lo), MADV_DONTNEED);
+}
+
 dpo_status dpo_st_read(dpo_st_reader *r, int i, dpo_tensor *dst, dpo_error *e) {
     const st_entry *en;
     char want[DPO_SHAPELEN], got[DPO_SHAPELEN];
-    long pg;
     if (!r || i < 0 || i >= r->nent) {
         dpo_fail(e, DPO_ERR_RANGE, 2, "no tensor %d in %s", i, r ? r->path : "a closed file");
         return DPO_ERR_RANGE;
@@ -978,13 +998,19 @@ dpo_status dpo_st_read(dpo_st_reader *r, int i, dpo_tensor *dst, dpo_error *e) {
     }
     if (!dpo_tensor_is_contiguous(dst)) return fail_arg(e, 3, "destination is not contiguous");
     if (en->numel == 0) return DPO_OK;
-    if (convert(r->path, en, r->data + en->begin, dst, e) != 0) return DPO_ERR_IO;
-    /* Done with these bytes: give their pages back (a later read maps them again). */
-    pg = sysconf(_SC_PAGESIZE);
-    if (pg > 0) {
-        uintptr_t a = (uintptr_t)(r->data + en->begin) & ~(uintptr_t)(pg - 1);
-        uintptr_t b = (uintptr_t)(r->data + en->end);
-        (void)madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
+    if (dst->dtype != DPO_F32) {
+        if (convert(r->path, en, r->data + en->begin, dst, e) != 0) return DPO_ERR_IO;
+        drop_pages(r->data + en->begin, r->data + en->end);
+        return DPO_OK;
+    }
+    {
+        int64_t n = (int64_t)en->numel, size = kinds[en->kind].size;
+        for (int64_t i0 = 0; i0 < n; i0 += READ_CHUNK) {
+            int64_t m = n - i0 < READ_CHUNK ? n - i0 : READ_CHUNK;
+            const unsigned char *src = r->data + en->begin + i0 * size;
+            widen(en->kind, src, dpo_f32(dst) + i0, m);
+            drop_pages(src, src + m * size);
+        }
     }
     return DPO_OK;
 }
