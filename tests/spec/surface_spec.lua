@@ -1391,10 +1391,14 @@ case("dpo.GPT.generate", {
 })
 
 case("dpo.GPT.save", {
-   args = { S.obj(model, DEAD_MODEL), S.path(function() return fresh_path() end) },
+   args = { S.obj(model, DEAD_MODEL), S.path(function() return fresh_path() end),
+            S.opts({ dtype = S.opt(S.str("bfloat16")), max_shard_size = S.opt(S.any("1KB")) },
+                   { optional = true, strict = true }) },
    self = true,
    check = function(r) assert.is_true(r) end,
    extra = function(t)
+      t.fails("an unknown dtype", dpo.GPT.save, model(), fresh_path(), { dtype = "int8" })
+      t.fails("a bad max_shard_size", dpo.GPT.save, model(), fresh_path(), { max_shard_size = "1 gb" })
       t.fails("a path that is a file", dpo.GPT.save, model(), F.garbage)
       t.fails("a directory that cannot be made", dpo.GPT.save, model(), F.missing)
    end,
