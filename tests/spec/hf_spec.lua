@@ -102,6 +102,15 @@ describe("dpo.hf", function()
          end
       end)
 
+      it("packs strided tensors before rounding them", function()
+         dpo.manual_seed(2)
+         local t = dpo.randn(3, 5)
+         assert(dpo.save(dir .. "/s.safetensors", { x = t:t(), y = t:t():contiguous() }, nil, { dtype = "bfloat16" }))
+         local x, y = words16(dir .. "/s.safetensors", "x"), words16(dir .. "/s.safetensors", "y")
+         assert.are.same(y, x)
+         assert.are.same({ 5, 3 }, read_st(dir .. "/s.safetensors").x.shape)
+      end)
+
       it("keeps NaN a NaN of its sign", function()
          local nan = f32_of_bits(0x7fc00000)
          local t = dpo.tensor({ nan, -nan })
