@@ -434,6 +434,11 @@ describe("dpo.gpt checkpoints through dpo.hf", function()
       assert.are.equal("float32", cjson.decode(h.read(dst .. "/config.json")).torch_dtype)
       dpo.gpt.new(cfg):save(dst)
       assert.are.equal("F32", read_st(dst .. "/model.safetensors")["transformer.wte.weight"].dtype)
+      -- a training checkpoint of the BF16-loaded model stays float32 (exact resume)
+      local ck = h.tmpdir() .. "/checkpoint-1"
+      dpo.train.save_checkpoint(ck, { model = back })
+      assert.are.equal("F32", read_st(ck .. "/model.safetensors")["transformer.wte.weight"].dtype)
+      assert.are.same(back:logps(IDS, MASK):totable(), dpo.gpt.load(ck):logps(IDS, MASK):totable())
       -- misuse
       h.errors(function() back:save(dst, { dtype = "int8" }) end, 'dtype must be "float32"', true)
       h.errors(function() back:save(dst, { dtyp = "float32" }) end, "save: unknown option dtyp", true)
