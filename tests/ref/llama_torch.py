@@ -52,13 +52,26 @@ def param_values(name, numel):
     return [0.5 * x for x in v]
 
 
-def shapes(cfg):
-    C, I, H = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
-    KV = cfg.get("num_key_value_heads") or H
-    D = cfg.get("head_dim") or C // H
+# The config classes' defaults that differ by model type (LlamaConfig,
+# MistralConfig, Qwen2Config, Qwen3Config), and the bias keys each modeling
+# file reads.
+KV_DEFAULT = {"mistral": 8, "qwen2": 32, "qwen3": 32}
+
+
+def dims(cfg):
+    C, H = cfg["hidden_size"], cfg["num_attention_heads"]
     mt = cfg.get("model_type", "llama")
-    qkv_bias = mt == "qwen2" or cfg.get("attention_bias", False)
-    o_bias = mt != "qwen2" and cfg.get("attention_bias", False)
+    KV = cfg.get("num_key_value_heads") or KV_DEFAULT.get(mt, H)
+    D = cfg.get("head_dim") or (128 if mt == "qwen3" else C // H)
+    return mt, C, H, KV, D
+
+
+def shapes(cfg):
+    mt, C, H, KV, D = dims(cfg)
+    I = cfg["intermediate_size"]
+    ab = mt in ("llama", "qwen3") and cfg.get("attention_bias", False)
+    qkv_bias = mt == "qwen2" or ab
+    o_bias = ab
     out = {"model.embed_tokens.weight": [cfg["vocab_size"], C], "model.norm.weight": [C]}
     if not cfg.get("tie_word_embeddings", False):
         out["lm_head.weight"] = [cfg["vocab_size"], C]
@@ -75,7 +88,7 @@ def shapes(cfg):
             out[p + "self_attn.k_norm.weight"] = [D]
         for n, s in (("gate", [I, C]), ("up", [I, C]), ("down", [C, I])):
             out[p + "mlp.%s_proj.weight" % n] = s
-            if cfg.get("mlp_bias", False):
+            if mt == "llama" and cfg.get("mlp_bias", False):
                 out[p + "mlp.%s_proj.bias" % n] = [s[0]]
     return out
 
@@ -117,11 +130,8 @@ def rotate_half(x):
 def forward(cfg, P, ids):
     """Logits [N, T, V] for ids [N, T] (position ids 0..T-1, causal)."""
     N, T = ids.shape
-    C, H = cfg["hidden_size"], cfg["num_attention_heads"]
-    KV = cfg.get("num_key_value_heads") or H
-    D = cfg.get("head_dim") or C // H
+    mt, C, H, KV, D = dims(cfg)
     eps = cfg.get("rms_norm_eps", 1e-6)
-    mt = cfg.get("model_type", "llama")
     inv = inv_freq(cfg, D)
     pos = torch.arange(T).float()
     freqs = pos[:, None] * inv[None, :]

@@ -8,18 +8,20 @@
 --   config  a table with Hugging Face's config.json keys (model:config() or a
 --           decoded config.json). Required: vocab_size, hidden_size,
 --           intermediate_size, num_hidden_layers, num_attention_heads.
---           Optional, with Hugging Face's defaults: model_type ("llama"),
---           num_key_value_heads (= num_attention_heads; pass it explicitly for
---           Mistral/Qwen, whose classes default to other numbers), head_dim
---           (= hidden_size / num_attention_heads), rms_norm_eps (1e-6),
+--           Optional, with Hugging Face's defaults: model_type ("llama"; also
+--           "mistral", "qwen2", "qwen3"), num_key_value_heads
+--           (num_attention_heads for Llama; the classes' 8 for Mistral, 32 for
+--           Qwen2/Qwen3), head_dim (hidden_size / num_attention_heads; 128 for
+--           Qwen3), rms_norm_eps (1e-6),
 --           rope_theta (10000), rope_scaling (nil/null, {rope_type = "default"},
 --           "linear" {factor}, "llama3" {factor, low_freq_factor,
 --           high_freq_factor, original_max_position_embeddings}; "type" is read
 --           when "rope_type" is absent), tie_word_embeddings (false),
---           attention_bias (false: q/k/v/o biases), mlp_bias (false),
+--           attention_bias (false: q/k/v/o biases; read for Llama and Qwen3),
+--           mlp_bias (false; Llama only),
 --           hidden_act ("silu", the only one), sliding_window (Mistral; a row
 --           longer than it is an error), use_sliding_window (Qwen2; true is an
---           error). model_type "qwen2": q/k/v biases, no o_proj bias;
+--           error). Mistral: no biases; "qwen2": q/k/v biases, no o_proj bias;
 --           "qwen3": q_norm/k_norm (RMSNorm over head_dim, weight [head_dim])
 --           on each head of q and k before the rotation.
 --   params  name -> tensor with Hugging Face's names and layouts, or the list
@@ -137,6 +139,16 @@ local function rope(x, cos, sin)
    return x * cos + dpo.cat({ -x2, x1 }, 3) * sin
 end
 
+-- What each model_type's config class defaults to when a key is absent, and
+-- which bias keys its modeling code reads (Mistral has no biases; Qwen2 has
+-- q/k/v biases whatever attention_bias says; mlp_bias is Llama's only).
+local DEFAULTS = {
+   llama = { attention_bias = true, mlp_bias = true },
+   mistral = { kv = 8 },
+   qwen2 = { kv = 32 },
+   qwen3 = { kv = 32, head_dim = 128, attention_bias = true },
+}
+
 -- The network's settings, checked, and the parameters it needs (name -> shape).
 local function plan(config)
    local c = {}
@@ -147,11 +159,14 @@ local function plan(config)
       end
       c[k] = math.tointeger(config[k])
    end
-   c.type = config.model_type or "llama"
+   c.type = is_null(config.model_type) and "llama" or config.model_type
+   local def = DEFAULTS[c.type]
+   if not def then fail("model_type '%s' is not one of llama, mistral, qwen2, qwen3", tostring(c.type)) end
    c.V, c.C, c.I, c.L, c.H = c.vocab_size, c.hidden_size, c.intermediate_size,
       c.num_hidden_layers, c.num_attention_heads
-   c.KV = math.tointeger(is_null(config.num_key_value_heads) and c.H or config.num_key_value_heads)
-   c.D = math.tointeger(is_null(config.head_dim) and c.C // c.H or config.head_dim)
+   c.KV = math.tointeger(is_null(config.num_key_value_heads) and (def.kv or c.H)
+      or config.num_key_value_heads)
+   c.D = math.tointeger(is_null(config.head_dim) and (def.head_dim or c.C // c.H) or config.head_dim)
    if not c.KV or c.H % c.KV ~= 0 then
       fail("num_key_value_heads %s does not divide num_attention_heads %d", tostring(c.KV), c.H)
    end
@@ -162,9 +177,10 @@ local function plan(config)
    if not is_null(act) and act ~= "silu" then fail("hidden_act '%s' is not supported", tostring(act)) end
    if config.use_sliding_window == true then fail("use_sliding_window true is not supported") end
    c.window = not is_null(config.sliding_window) and config.sliding_window or nil
-   c.qkv_bias = c.type == "qwen2" or config.attention_bias == true
-   c.o_bias = c.type ~= "qwen2" and config.attention_bias == true
-   c.mlp_bias = config.mlp_bias == true
+   local ab = def.attention_bias and config.attention_bias == true
+   c.qkv_bias = c.type == "qwen2" or ab
+   c.o_bias = ab
+   c.mlp_bias = def.mlp_bias and config.mlp_bias == true
    c.qk_norm = c.type == "qwen3"
    c.inv = ref.inv_freq(config, c.D)
    local shapes = { ["model.embed_tokens.weight"] = { c.V, c.C }, ["model.norm.weight"] = { c.C } }

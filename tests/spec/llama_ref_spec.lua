@@ -99,6 +99,40 @@ describe("llama_ref, the Llama family from autograd ops", function()
       h.near(ref.inv_freq({}, 4), { 1, 0.01 }, 1e-12)
    end)
 
+   it("takes each model type's own defaults and bias rules (Hugging Face's config classes)", function()
+      local function shapes(extra)
+         local c = { vocab_size = 5, hidden_size = 16, intermediate_size = 8, num_hidden_layers = 1,
+                     num_attention_heads = 8 }
+         for k, v in pairs(extra) do c[k] = v end
+         local m = {}
+         for _, ns in ipairs(ref.parameter_shapes(c)) do m[ns[1]] = ns[2] end
+         return m
+      end
+      local q, k, o = "model.layers.0.self_attn.q_proj.", "model.layers.0.self_attn.k_proj.",
+         "model.layers.0.self_attn.o_proj."
+      local s = shapes { model_type = "llama" } -- KV = H, D = C / H, no biases
+      assert.are.same({ 16, 16 }, s[k .. "weight"])
+      assert.is_nil(s[q .. "bias"])
+      s = shapes { model_type = "llama", attention_bias = true, mlp_bias = true }
+      assert.are.same({ 16 }, s[o .. "bias"])
+      assert.are.same({ 8 }, s["model.layers.0.mlp.gate_proj.bias"])
+      s = shapes { model_type = "mistral", attention_bias = true, mlp_bias = true } -- KV 8, no biases
+      assert.are.same({ 16, 16 }, s[k .. "weight"])
+      assert.is_nil(s[q .. "bias"])
+      assert.is_nil(s["model.layers.0.mlp.up_proj.bias"])
+      s = shapes { model_type = "qwen2", num_key_value_heads = 2 } -- q/k/v biases, none on o
+      assert.are.same({ 16 }, s[q .. "bias"])
+      assert.are.same({ 4 }, s[k .. "bias"])
+      assert.is_nil(s[o .. "bias"])
+      s = shapes { model_type = "qwen3", num_key_value_heads = 8 } -- head_dim 128
+      assert.are.same({ 1024, 16 }, s[q .. "weight"])
+      assert.are.same({ 16, 1024 }, s[o .. "weight"])
+      assert.are.same({ 128 }, s["model.layers.0.self_attn.q_norm.weight"])
+      assert.are.same({ 5, 16 }, s["lm_head.weight"]) -- untied by default
+      assert.is_nil(shapes({ tie_word_embeddings = true })["lm_head.weight"])
+      h.errors(function() shapes { model_type = "gemma" } end, "model_type 'gemma' is not one of", true)
+   end)
+
    it("matches finite differences through the whole composition", function()
       local cfg = fx.cases[7].config -- qwen3: q/k norms, GQA, head_dim given
       local P = ref.lcg_params(cfg)
