@@ -64,6 +64,19 @@
 --     b = rms(x) * w_post
 --     x = x + (silu(b Wg^T) * (b Wu^T)) Wd^T   (+ the mlp biases)
 --   logits = (rms(x) * w_norm) lm_head^T; logp = log_softmax(logits)[next id].
+-- The rotary angles are computed in double and rounded once to float32
+-- (Hugging Face rounds inv_freq and the products in float32): a difference of
+-- about 1e-7 in cos/sin, invisible at the tolerances the specs use.
+--
+-- Also here: ref.leaves(named) (leaf copies requiring grad),
+-- ref.as_map(named), ref.parameter_shapes(config) (the sorted list of
+-- {name, shape} a config needs), ref.inv_freq(config, D), and
+-- ref.lcg_params(config) with ref.lcg / ref.name_seed (the exact parameters
+-- tests/ref/llama_torch.py uses for tests/fixtures/llama/reference.json).
+-- An engine spec reads, for a model m:
+--   local P = ref.leaves(m:named_parameters())
+--   local want, wcount = ref.logps(m:config(), P, ids, mask)
+--   (want * w):sum():backward()   -- P[name].grad against m's gradients
 local ref = {}
 
 local function fail(fmt, ...) error("llama_ref: " .. fmt:format(...), 3) end

@@ -200,7 +200,6 @@ describe("llama_ref, the Llama family from autograd ops", function()
             assert.are.equal(o.grads[j].name, g.name)
             near(g.name .. " gradient . r", g.dot, o.grads[j].dot, 1e-5 * (1 + g.abs_sum), 0)
          end
-         check_case(c) -- and the composition agrees with this run, too
       end
       h.cleanup()
    end)
