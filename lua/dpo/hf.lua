@@ -140,11 +140,11 @@ local function dir_of(path)
 end
 
 -- Check every header against params and decide what goes where; nothing is
--- read yet. Returns the plan: for each file, the (name, param) pairs to read.
+-- read yet. Fills each file's reader and reads ({name, param, entry} to read).
 local function plan(files, map, whole, params, opts, fname)
    local rename = opts.rename or function(n) return n end
    local ignore = opts.ignore or function() return false end
-   local filled, placed = {}, {} -- param -> file name read into it; tensor -> file
+   local filled, placed = {}, {} -- param -> what fills it; tensor name -> its file
    for _, f in ipairs(files) do
       local reader, err = core.open_safetensors(f.path)
       if not reader then
