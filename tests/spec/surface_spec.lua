@@ -1902,6 +1902,53 @@ case("dpo.data.Reader.bad", {
    end,
 })
 
+-- ---- dpo.jinja ---------------------------------------------------------------------------------
+
+local J = dpo.jinja
+case("dpo.jinja.compile", {
+   args = { S.str("{{ x }}"), S.opt(S.str("name")) },
+   check = function(t) assert.is_true(J.is_template(t)) end,
+   extra = function(t)
+      t.fails_with("a syntax error", "name:1:", J.compile, "{{ (", "name")
+      t.fails_with("an unsupported tag", "unsupported construct", J.compile, "{% include 'x' %}")
+   end,
+})
+case("dpo.jinja.render", {
+   args = { S.str("{{ x }}"), S.opt(S.tab({ x = 1 })), S.opt(S.str("name")) },
+   check = function(s) assert.are.equal("string", type(s)) end,
+   extra = function(t)
+      t.fails_with("raise_exception", "boom", J.render, "{{ raise_exception('boom') }}")
+      t.fails_with("a function value that raises", "oops", J.render, "{{ f() }}",
+                   { f = function() error("oops") end })
+   end,
+})
+case("dpo.jinja.Template.render", {
+   args = { S.obj(function() return J.compile("{{ x }}") end, { table_ok = true }), S.opt(S.tab({ x = 1 })) },
+   self = true,
+   check = function(s) assert.are.equal("1", s) end,
+})
+case({ "dpo.jinja.list", "dpo.jinja.dict" }, {
+   args = { S.tab(function() return {} end) },
+   call = function(x) return J.list(x), J.dict(x == nil and x or {}) end,
+   name = { "list", "dict" },
+   extra = function(t)
+      t.fails("a table with a metatable", J.list, setmetatable({}, {}))
+      t.fails("keys that are not a list", J.dict, {}, 5)
+   end,
+})
+case("dpo.jinja.is_template", {
+   any = "any value",
+   check = function(r) assert.are.equal("boolean", type(r)) end,
+})
+case("dpo.jinja.tojson", {
+   args = { S.any({ a = 1 }), S.opt(S.tab({ indent = 2 })) },
+   check = function(s) assert.are.equal('{\n  "a": 1\n}', s) end,
+   extra = function(t)
+      t.fails("a coroutine", J.tojson, coroutine.create(print))
+      t.fails("an indent that is a table", J.tojson, 1, { indent = {} })
+   end,
+})
+
 -- ---- dpo.filters ---------------------------------------------------------------------------------
 
 local A_PAIR = { prompt = "\n\nHuman: hi\n\nAssistant:", chosen = " a", rejected = " b" }
