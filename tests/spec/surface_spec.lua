@@ -1478,6 +1478,30 @@ case("dpo.Tokenizer.save", {
    args = { SELF_TOK(), S.path(function() return fresh_path(".json") end) },
    extra = function(t) t.fails_with("a missing directory", F.missing, TM.save, tok(), F.missing) end,
 })
+local function chat_tok()
+   return dpo.tokenizer.bytes():set_chat_template("{% for m in messages %}{{ m.role }}:{{ m.content }}{% endfor %}")
+end
+case("dpo.Tokenizer.chat_template", {
+   args = { S.obj(chat_tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }) },
+   check = function(s) assert.are.equal("string", type(s)) end,
+})
+case("dpo.Tokenizer.set_chat_template", {
+   args = { S.obj(tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }),
+            S.opt(S.str("{{ 1 }}")) },
+   extra = function(t) t.fails("a template with a syntax error", TM.set_chat_template, tok(), "{{ (") end,
+})
+case("dpo.Tokenizer.apply_chat_template", {
+   args = { S.obj(chat_tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }),
+            S.tab({ { role = "user", content = "hi" } }),
+            S.opt(S.tab({ add_generation_prompt = true })) },
+   check = function(s) assert.are.equal("user:hi", s) end,
+   extra = function(t)
+      t.fails("no template", TM.apply_chat_template, tok(), { { role = "user", content = "hi" } })
+      t.fails("a message without a role", TM.apply_chat_template, chat_tok(), { { content = "hi" } })
+      t.works("tokenize", TM.apply_chat_template, chat_tok(), { { role = "user", content = "hi" } },
+              { tokenize = true })
+   end,
+})
 case("dpo.Tokenizer.__index", {
    name = false,
    extra = function(t)
