@@ -27,10 +27,14 @@
 --   tok:free(), or `local tok <close> = ...`
 --
 -- Chat templates (rendered by dpo.jinja as transformers renders them):
---   tok:chat_template()  -> the template text, or nil. load(path) reads it from
---       the directory's chat_template.jinja, else from tokenizer_config.json's
---       chat_template (a string, or a list of {name, template}: "default").
---   tok:set_chat_template(text or nil)   use this template (checked here)
+--   tok:chat_template()  -> the template text and where it came from (a file's
+--       path, or the name given to set_chat_template), or nil. load(path)
+--       reads it from the directory's chat_template.jinja, else from
+--       tokenizer_config.json's chat_template (a string, or a list of {name,
+--       template}: "default").
+--   tok:set_chat_template(text or nil [, source])  use this template (compiled
+--       here, so a syntax error is raised now); source names it (default
+--       "set_chat_template"); returns tok
 --   tok:apply_chat_template(messages [, opts]) -> string, or ids when tokenize
 --       messages: a list of {role = , content = } (content a string, or a list
 --       of {type = "text", text = } parts; other fields are kept); opts:
@@ -54,8 +58,9 @@ local tokenizer = {}
 
 local format = string.format
 
--- Each tokenizer's chat template text (false: none), by tokenizer.
+-- Each tokenizer's chat template text (false: none) and its source, by tokenizer.
 local TEMPLATES = setmetatable({}, { __mode = "k" })
+local SOURCES = setmetatable({}, { __mode = "k" })
 -- Compiled templates, by text.
 local COMPILED = setmetatable({}, { __mode = "v" })
 
@@ -73,17 +78,17 @@ local function find_template(path)
    local dir = path
    if lfs.attributes(path, "mode") ~= "directory" then dir = path:match("^(.*)/[^/]*$") or "." end
    local text = slurp(dir .. "/chat_template.jinja")
-   if text then return text end
+   if text then return text, dir .. "/chat_template.jinja" end
    local cfg = slurp(dir .. "/tokenizer_config.json")
    if not cfg then return nil end
    local ok, c = pcall(cjson.decode, cfg)
    if not ok or type(c) ~= "table" then return nil end -- the C loader names a bad file
    local t = c.chat_template
-   if type(t) == "string" then return t end
+   if type(t) == "string" then return t, dir .. "/tokenizer_config.json" end
    if type(t) == "table" then
       for _, e in ipairs(t) do
          if type(e) == "table" and e.name == "default" and type(e.template) == "string" then
-            return e.template
+            return e.template, dir .. "/tokenizer_config.json"
          end
       end
       error(format("%s/tokenizer_config.json: chat_template is a list without a \"default\" template", dir), 3)
@@ -93,7 +98,8 @@ end
 
 function tokenizer.load(path)
    local tok = C.load(path)
-   TEMPLATES[tok] = find_template(path) or false
+   local text, source = find_template(path)
+   TEMPLATES[tok], SOURCES[tok] = text or false, source
    return tok
 end
 tokenizer.from_files = C.from_files
@@ -182,10 +188,11 @@ end
 
 function METHODS.chat_template(tok)
    check_tok(tok, "chat_template")
-   return TEMPLATES[tok] or nil
+   if not TEMPLATES[tok] then return nil end
+   return TEMPLATES[tok], SOURCES[tok]
 end
 
-function METHODS.set_chat_template(tok, text)
+function METHODS.set_chat_template(tok, text, source)
    check_tok(tok, "set_chat_template")
    if text ~= nil and type(text) ~= "string" then
       error("bad argument #2 to 'set_chat_template' (template text or nil expected, got " .. type(text) .. ")", 2)
@@ -194,7 +201,10 @@ function METHODS.set_chat_template(tok, text)
       local ok, err = pcall(compiled, text)
       if not ok then error("set_chat_template: " .. tostring(err), 2) end
    end
-   TEMPLATES[tok] = text or false
+   if source ~= nil and type(source) ~= "string" then
+      error("bad argument #3 to 'set_chat_template' (source name expected, got " .. type(source) .. ")", 2)
+   end
+   TEMPLATES[tok], SOURCES[tok] = text or false, text and (source or "set_chat_template") or nil
    return tok
 end
 

@@ -1487,7 +1487,7 @@ case("dpo.Tokenizer.chat_template", {
 })
 case("dpo.Tokenizer.set_chat_template", {
    args = { S.obj(tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }),
-            S.opt(S.str("{{ 1 }}")) },
+            S.opt(S.str("{{ 1 }}")), S.opt(S.str("source")) },
    extra = function(t) t.fails("a template with a syntax error", TM.set_chat_template, tok(), "{{ (") end,
 })
 case("dpo.Tokenizer.apply_chat_template", {
