@@ -52,8 +52,7 @@
 -- message is raised as it is, with nothing added.
 local jinja = {}
 
-local format, sub, byte, char, find, rep = string.format, string.sub, string.byte,
-   string.char, string.find, string.rep
+local format, sub, byte, find, rep = string.format, string.sub, string.byte, string.find, string.rep
 local concat, unpack = table.concat, table.unpack
 local mtype = math.type
 
@@ -591,193 +590,223 @@ local CLOSE = { ["("] = ")", ["["] = "]", ["{"] = "}" }
 
 local function count_nl(s) local _, k = s:gsub("\n", ""); return k end
 
+-- The lexer's state: src, n (its length), toks, line, line_starting (the
+-- last tag ended a line: lstrip_blocks may strip the next one's indent).
+local function push(L, t, v, ln) L.toks[#L.toks + 1] = { t = t, v = v, line = ln } end
+
+-- The text before a tag, with its white space control applied.
+local function lex_text(L, text, sign, kind)
+   local nl = count_nl(text)
+   if sign == "-" then
+      text = rstrip_py(text)
+   elseif sign ~= "+" and kind ~= "{" then
+      local lpos = 1
+      for k = #text, 1, -1 do
+         if byte(text, k) == 10 then lpos = k + 1; break end
+      end
+      if lpos > 1 or L.line_starting then
+         local tail = sub(text, lpos)
+         if tail ~= "" and not tail:find("[^ \t\f\v]") then text = sub(text, 1, lpos - 1) end
+      end
+   end
+   if text ~= "" then push(L, "data", text, L.line) end
+   L.line = L.line + nl
+end
+
+-- The end of a block tag at p ("%}"): the position after it, trim_blocks applied.
+local function block_end_at(L, p, sign)
+   local e = p + 2
+   if sign == "-" then
+      e = (L.src:match("^" .. WS .. "*()", e))
+   elseif sign ~= "+" and sub(L.src, e, e) == "\n" then
+      e = e + 1
+   end
+   return e
+end
+
+-- The tag ends just before e: count its lines, note whether it ended one.
+local function tag_done(L, from, e)
+   L.line = L.line + count_nl(sub(L.src, from, e - 1))
+   L.line_starting = byte(L.src, e - 1) == 10
+   return e
+end
+
+-- {% raw %} ... {% endraw %} from s (body at raw_a): the body as text; the
+-- position after it.
+local function lex_raw(L, s, raw_a, raw_b)
+   local src = L.src
+   local p = raw_a + #raw_b + 2
+   if raw_b == "-" then p = src:match("^" .. WS .. "*()", p) end
+   L.line = L.line + count_nl(sub(src, s, p - 1))
+   local q = p
+   while true do
+      local a = find(src, "{%", q, true)
+      if not a then fail(L.line, "Missing end of raw directive") end
+      local esign = sub(src, a + 2, a + 2)
+      if esign ~= "-" and esign ~= "+" then esign = "" end
+      local at = src:match("^" .. WS .. "*endraw" .. WS .. "*()", a + 2 + #esign)
+      if at then
+         local csign = ""
+         if sub(src, at, at + 2) == "+%}" or sub(src, at, at + 2) == "-%}" then
+            csign, at = sub(src, at, at), at + 1
+         end
+         if sub(src, at, at + 1) == "%}" then
+            L.line_starting = false
+            lex_text(L, sub(src, p, a - 1), esign, "%")
+            return tag_done(L, a, block_end_at(L, at, csign))
+         end
+      end
+      q = a + 2
+   end
+end
+
+-- {# ... #} from s (after: past its opening): the position after it.
+local function lex_comment(L, s, after)
+   local src = L.src
+   local j = find(src, "#}", after, true)
+   if not j then fail(L.line, "Missing end of comment tag") end
+   local prev = j > after and sub(src, j - 1, j - 1) or ""
+   local e = j + 2
+   if prev == "-" then
+      e = src:match("^" .. WS .. "*()", e)
+   elseif prev ~= "+" and sub(src, e, e) == "\n" then
+      e = e + 1
+   end
+   return tag_done(L, s, e)
+end
+
+-- A number at p: pushes it; the position after it.
+local function lex_number(L, p)
+   local src, line = L.src, L.line
+   local num = src:match("^%d[%d_]*", p)
+   local q = p + #num
+   local frac = src:match("^%.%d[%d_]*", q)
+   if frac then q = q + #frac end
+   local ex = src:match("^[eE][-+]?%d[%d_]*", q)
+   if ex then q = q + #ex end
+   local txt = sub(src, p, q - 1):gsub("_", "")
+   if frac or ex then
+      push(L, "float", tonumber(txt) + 0.0, line)
+      return q
+   end
+   local pre = src:match("^0[xX][%x_]+", p) or src:match("^0[oO][0-7_]+", p) or src:match("^0[bB][01_]+", p)
+   if pre then
+      local base = ({ x = 16, o = 8, b = 2 })[sub(pre, 2, 2):lower()]
+      push(L, "integer", tonumber(sub(pre, 3):gsub("_", ""), base), line)
+      return p + #pre
+   end
+   push(L, "integer", math.tointeger(tonumber(txt)) or fail(line, "integer too large"), line)
+   return q
+end
+
+-- A string literal at p: pushes it; the position after it.
+local function lex_string(L, p)
+   local src, c = L.src, sub(L.src, p, p)
+   local q = p + 1
+   while true do
+      local a = find(src, "[\\" .. c .. "]", q)
+      if not a then fail(L.line, "unexpected char %s at %d", repr(c), p) end
+      if sub(src, a, a) == "\\" then q = a + 2 else q = a; break end
+   end
+   local body = sub(src, p + 1, q - 1)
+   push(L, "string", unescape(body, L.line), L.line)
+   L.line = L.line + count_nl(body)
+   return q + 1
+end
+
+-- The end of a {{ }} or {% %} tag at p when there is one (stack: the open
+-- brackets, inside which none ends): its position after, and the sign.
+local function tag_end(L, p, is_var, stack)
+   if #stack > 0 then return nil end
+   local src = L.src
+   if is_var then
+      if sub(src, p, p + 2) == "-}}" then return src:match("^" .. WS .. "*()", p + 3) end
+      if sub(src, p, p + 1) == "}}" then return p + 2 end
+      return nil
+   end
+   local c3 = sub(src, p, p + 2)
+   if c3 == "-%}" or c3 == "+%}" then return block_end_at(L, p + 1, sub(c3, 1, 1)) end
+   if sub(src, p, p + 1) == "%}" then return block_end_at(L, p, "") end
+   return nil
+end
+
+-- The tokens of a {{ }} or {% %} tag whose contents start at p; the
+-- position after its end.
+local function lex_tag(L, p, is_var)
+   local src, n, stack = L.src, L.n, {}
+   push(L, is_var and "var_begin" or "block_begin", nil, L.line)
+   while true do
+      local ws = src:match("^" .. WS .. "+", p)
+      if ws then
+         L.line = L.line + count_nl(ws)
+         p = p + #ws
+      end
+      if p > n then
+         fail(L.line, "unexpected end of template, expected the end of the %s",
+              is_var and "print statement ('}}')" or "statement ('%}')")
+      end
+      local e = tag_end(L, p, is_var, stack)
+      if e then
+         push(L, is_var and "var_end" or "block_end", nil, L.line)
+         return tag_done(L, p, e)
+      end
+      local c = sub(src, p, p)
+      if c:match("%d") then
+         p = lex_number(L, p)
+      elseif c:match("[%a_]") then
+         local name = src:match("^[%a_][%w_]*", p)
+         push(L, "name", name, L.line)
+         p = p + #name
+      elseif c == "'" or c == '"' then
+         p = lex_string(L, p)
+      else
+         local two = sub(src, p, p + 1)
+         local op = OPS2[two] and two or (src:match(OPS1, p) and c)
+         if not op then fail(L.line, "unexpected char %s", repr(c)) end
+         if CLOSE[op] then
+            stack[#stack + 1] = CLOSE[op]
+         elseif op == ")" or op == "]" or op == "}" then
+            if #stack == 0 then fail(L.line, "unexpected '%s'", op) end
+            local want = table.remove(stack)
+            if want ~= op then fail(L.line, "unexpected '%s', expected '%s'", op, want) end
+         end
+         push(L, "op", op, L.line)
+         p = p + #op
+      end
+   end
+end
+
+-- The tokens of a template: data, var_begin/var_end, block_begin/block_end
+-- and the expression tokens between them (name, string, integer, float, op),
+-- then eof. Newlines are read as jinja reads them; one trailing one is dropped.
 local function lex(src)
    src = src:gsub("\r\n", "\n"):gsub("\r", "\n")
    if sub(src, -1) == "\n" then src = sub(src, 1, -2) end
-   local toks, pos, line, n = {}, 1, 1, #src
-   local line_starting = true
-   local function push(t, v, ln) toks[#toks + 1] = { t = t, v = v, line = ln } end
-
-   -- the text before a tag, with its white space control applied
-   local function text_before(text, sign, kind)
-      local nl = count_nl(text)
-      if sign == "-" then
-         text = rstrip_py(text)
-      elseif sign ~= "+" and kind ~= "{" then
-         local lpos = 1
-         for k = #text, 1, -1 do
-            if byte(text, k) == 10 then lpos = k + 1; break end
-         end
-         if lpos > 1 or line_starting then
-            local tail = sub(text, lpos)
-            if tail ~= "" and not tail:find("[^ \t\f\v]") then text = sub(text, 1, lpos - 1) end
-         end
-      end
-      if text ~= "" then push("data", text, line) end
-      line = line + nl
-   end
-
-   -- the end of a block tag at p ("%}"): the position after it, trim_blocks applied
-   local function block_end_at(p, sign)
-      local e = p + 2
-      if sign == "-" then
-         e = (src:match("^" .. WS .. "*()", e))
-      elseif sign ~= "+" and sub(src, e, e) == "\n" then
-         e = e + 1
-      end
-      return e
-   end
-
-   while pos <= n do
+   local L = { src = src, n = #src, toks = {}, line = 1, line_starting = true }
+   local pos = 1
+   while pos <= L.n do
       local s = find(src, "{[{%%#]", pos)
       if not s then
-         push("data", sub(src, pos), line)
+         push(L, "data", sub(src, pos), L.line)
          break
       end
       local kind = sub(src, s + 1, s + 1)
       local sign = sub(src, s + 2, s + 2)
       if sign ~= "-" and sign ~= "+" then sign = "" end
       local after = s + 2 + #sign
-      local raw_a, raw_b = nil, nil
+      local raw_a, raw_b
       if kind == "%" then raw_a, raw_b = src:match("^" .. WS .. "*raw" .. WS .. "*()(%-?)%%}", after) end
-      text_before(sub(src, pos, s - 1), sign, kind)
+      lex_text(L, sub(src, pos, s - 1), sign, kind)
       if raw_a then
-         -- {% raw %} ... {% endraw %}: the body as text
-         local p = raw_a + #raw_b + 2
-         if raw_b == "-" then p = src:match("^" .. WS .. "*()", p) end
-         line = line + count_nl(sub(src, s, p - 1))
-         local q = p
-         while true do
-            local a = find(src, "{%", q, true)
-            if not a then fail(line, "Missing end of raw directive") end
-            local esign = sub(src, a + 2, a + 2)
-            if esign ~= "-" and esign ~= "+" then esign = "" end
-            local at = src:match("^" .. WS .. "*endraw" .. WS .. "*()", a + 2 + #esign)
-            if at then
-               local csign = ""
-               if sub(src, at, at + 2) == "+%}" or sub(src, at, at + 2) == "-%}" then
-                  csign, at = sub(src, at, at), at + 1
-               end
-               if sub(src, at, at + 1) == "%}" then
-                  line_starting = false
-                  text_before(sub(src, p, a - 1), esign, "%")
-                  local e = block_end_at(at, csign)
-                  line = line + count_nl(sub(src, a, e - 1))
-                  line_starting = byte(src, e - 1) == 10
-                  pos = e
-                  break
-               end
-            end
-            q = a + 2
-         end
+         pos = lex_raw(L, s, raw_a, raw_b)
       elseif kind == "#" then
-         local j = find(src, "#}", after, true)
-         if not j then fail(line, "Missing end of comment tag") end
-         local prev = j > after and sub(src, j - 1, j - 1) or ""
-         local e = j + 2
-         if prev == "-" then
-            e = src:match("^" .. WS .. "*()", e)
-         elseif prev ~= "+" and sub(src, e, e) == "\n" then
-            e = e + 1
-         end
-         line = line + count_nl(sub(src, s, e - 1))
-         line_starting = byte(src, e - 1) == 10
-         pos = e
+         pos = lex_comment(L, s, after)
       else
-         local is_var = kind == "{"
-         push(is_var and "var_begin" or "block_begin", nil, line)
-         local p, stack = after, {}
-         while true do
-            local ws = src:match("^" .. WS .. "+", p)
-            if ws then
-               line = line + count_nl(ws)
-               p = p + #ws
-            end
-            if p > n then
-               fail(line, "unexpected end of template, expected the end of the %s",
-                    is_var and "print statement ('}}')" or "statement ('%}')")
-            end
-            local e
-            if #stack == 0 then
-               if is_var then
-                  if sub(src, p, p + 2) == "-}}" then
-                     e = src:match("^" .. WS .. "*()", p + 3)
-                  elseif sub(src, p, p + 1) == "}}" then
-                     e = p + 2
-                  end
-               else
-                  local c3 = sub(src, p, p + 2)
-                  if c3 == "-%}" or c3 == "+%}" then
-                     e = block_end_at(p + 1, sub(c3, 1, 1))
-                  elseif sub(src, p, p + 1) == "%}" then
-                     e = block_end_at(p, "")
-                  end
-               end
-            end
-            if e then
-               push(is_var and "var_end" or "block_end", nil, line)
-               line = line + count_nl(sub(src, p, e - 1))
-               line_starting = byte(src, e - 1) == 10
-               pos = e
-               break
-            end
-            local c = sub(src, p, p)
-            if c:match("%d") then
-               local num = src:match("^%d[%d_]*", p)
-               local q = p + #num
-               local frac = src:match("^%.%d[%d_]*", q)
-               if frac then q = q + #frac end
-               local ex = src:match("^[eE][-+]?%d[%d_]*", q)
-               if ex then q = q + #ex end
-               local txt = sub(src, p, q - 1):gsub("_", "")
-               if frac or ex then
-                  push("float", tonumber(txt) + 0.0, line)
-               else
-                  local hex = src:match("^0[xX][%x_]+", p) or src:match("^0[oO][0-7_]+", p)
-                     or src:match("^0[bB][01_]+", p)
-                  if hex then
-                     local base = ({ x = 16, o = 8, b = 2 })[sub(hex, 2, 2):lower()]
-                     push("integer", tonumber(sub(hex, 3):gsub("_", ""), base), line)
-                     q = p + #hex
-                  else
-                     push("integer", math.tointeger(tonumber(txt)) or fail(line, "integer too large"), line)
-                  end
-               end
-               p = q
-            elseif c:match("[%a_]") then
-               local name = src:match("^[%a_][%w_]*", p)
-               push("name", name, line)
-               p = p + #name
-            elseif c == "'" or c == '"' then
-               local q = p + 1
-               while true do
-                  local a = find(src, "[\\" .. c .. "]", q)
-                  if not a then fail(line, "unexpected char %s at %d", repr(c), p) end
-                  if sub(src, a, a) == "\\" then q = a + 2 else q = a; break end
-               end
-               local body = sub(src, p + 1, q - 1)
-               push("string", unescape(body, line), line)
-               line = line + count_nl(body)
-               p = q + 1
-            else
-               local two = sub(src, p, p + 1)
-               local op = OPS2[two] and two or (src:match(OPS1, p) and c)
-               if not op then fail(line, "unexpected char %s", repr(c)) end
-               if CLOSE[op] then
-                  stack[#stack + 1] = CLOSE[op]
-               elseif op == ")" or op == "]" or op == "}" then
-                  if #stack == 0 then fail(line, "unexpected '%s'", op) end
-                  local want = table.remove(stack)
-                  if want ~= op then fail(line, "unexpected '%s', expected '%s'", op, want) end
-               end
-               push("op", op, line)
-               p = p + #op
-            end
-         end
+         pos = lex_tag(L, after, kind == "{")
       end
    end
-   push("eof", nil, line)
-   return toks
+   push(L, "eof", nil, L.line)
+   return L.toks
 end
 
 -- ---- the parser -------------------------------------------------------------------------------
@@ -2300,13 +2329,11 @@ FILTERS = {
       for _, x in ipairs(items_of(v, line)) do total = binop("+", total, get(x), line) end
       return total
    end,
-   batch = nil,
    wordcount = function(v, _, _, line)
       local n = 0
       for _ in tostr(v, line):gmatch("%w+") do n = n + 1 end
       return n
    end,
-   center = nil,
 }
 FILTERS.d = FILTERS.default
 FILTERS.e = FILTERS.escape
