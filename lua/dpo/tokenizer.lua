@@ -23,7 +23,10 @@
 --   tok:vocab_size(), tok:token_to_id(s), tok:id_to_token(id), tok:special_tokens()
 --   tok.eos_id, tok.bos_id, tok.pad_id, tok.unk_id   nil when undefined; settable
 --   tok:save(path)   a tokenizer.json Hugging Face reads; a directory gets
---                    tokenizer.json and tokenizer_config.json
+--                    tokenizer.json and tokenizer_config.json; with a chat
+--                    template, a directory or a path ending in tokenizer.json
+--                    also gets chat_template.jinja beside it (which
+--                    transformers and load() read)
 --   tok:free(), or `local tok <close> = ...`
 --
 -- Chat templates (rendered by dpo.jinja as transformers renders them):
@@ -184,6 +187,22 @@ local function compiled(text)
       COMPILED[text] = t
    end
    return t
+end
+
+-- tok:save(path): the C save, then the chat template beside it.
+local C_METHODS = { save = METHODS.save }
+function METHODS.save(tok, path)
+   local r = C_METHODS.save(tok, path)
+   local text = TEMPLATES[tok]
+   if text and type(path) == "string" then
+      local dir = lfs.attributes(path, "mode") == "directory" and path or path:match("^(.*)/tokenizer%.json$")
+      if not dir and path == "tokenizer.json" then dir = "." end
+      if dir then
+         local ok, err = core.write_file(dir .. "/chat_template.jinja", text)
+         if not ok then error("save: " .. tostring(err), 2) end
+      end
+   end
+   return r
 end
 
 function METHODS.chat_template(tok)
