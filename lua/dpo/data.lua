@@ -1005,7 +1005,8 @@ end
 
 -- The ids of texts (3m of them: prompts, chosen, rejected): rendered[j] marks
 -- pair j's texts as a chat template's, encoded with special tokens
--- recognized and none added; the others with special-token text as text.
+-- recognized; the others with special-token text as text. Neither gets the
+-- special tokens a post-processor adds (BOS): TRL encodes them so too.
 function encode_texts(tok, texts, rendered, m)
    local plain, chat, at_plain, at_chat = {}, {}, {}, {}
    for k = 1, 3 * m do
@@ -1017,7 +1018,7 @@ function encode_texts(tok, texts, rendered, m)
       end
    end
    local ids = {}
-   for _, part in ipairs { { plain, at_plain, { special = false } },
+   for _, part in ipairs { { plain, at_plain, { special = false, add_special_tokens = false } },
                            { chat, at_chat, { special = true, add_special_tokens = false } } } do
       if #part[1] > 0 then
          local got = tok:encode_batch(part[1], part[3])
