@@ -2335,6 +2335,10 @@ FILTERS = {
       return n
    end,
 }
+FILTERS.format = function(v, args, kw, line)
+   if next(kw) then fail(line, "unsupported: the format filter with keyword arguments") end
+   return py_format(tostr(v, line), list({ unpack(args) }, "tuple"), line)
+end
 FILTERS.d = FILTERS.default
 FILTERS.e = FILTERS.escape
 FILTERS.count = FILTERS.length

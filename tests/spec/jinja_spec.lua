@@ -161,6 +161,7 @@ case("tuples and dicts printed", "{{ (1, 'a', none) }} {{ {1: 'a', 'b': [1.5]} }
 case("more arithmetic", "{{ 10 / 3 * 3 }} {{ -7.5 // 2 }} {{ 7 % 2.5 }} {{ 'ab' * 0 }}[{{ 'ab' * -1 }}] {{ [1, 2, 3][1:]|length }} {{ 2 ** 62 }} {{ 1 - 0.9 }} {{ 3 * 0.1 }}")
 case("percent formats", "{{ '%d' % 3.7 }} {{ '%s and %s' % (1, none) }} {{ '%r' % 'q' }}")
 case("int and round edges", "{{ '  12  '|int }} {{ '1_000'|int }} {{ '-5'|int }} {{ '+5'|int }} {{ '1e3'|int }} {{ 1e-7|round(3) }} {{ 0.5|round }} {{ 1.5|round }} {{ -2.5|round }} {{ 1.25|round(1) }} {{ 2|float|round }}")
+case("format filter", "{{ '%s-%s'|format('a', 1) }} {{ '%d%%'|format(50) }} {{ '%r'|format(none) }}")
 case("or with lists", "{{ [] or 'x' }} {{ [0] or 'x' }} {{ {} or 'y' }} {{ '' or none }}")
 case("break outside a loop", "{% break %}")
 case("loop outside a loop", "{{ loop.index }}")
