@@ -22,8 +22,9 @@
 --       opts.messages = true reads each dialogue as messages instead (Human ->
 --       user, Assistant -> assistant, contents stripped of surrounding white
 --       space): the prompt is the messages before the last, which both sides
---       must share (else prompt_mismatch), each response the last message,
---       an assistant one (else the record is bad).
+--       must share (else prompt_mismatch; with check_prompt = false the
+--       chosen side's), each response the last message, an assistant one
+--       (else the record is bad).
 --   dpo.data.pairs(path [, opts])      -> dataset | nil, "path: reason"
 --       records {prompt, chosen, rejected}; opts.prompt, opts.chosen,
 --       opts.rejected name the fields (defaults: those names). Empty and
