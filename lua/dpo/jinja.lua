@@ -1360,15 +1360,23 @@ local function object_desc(v)
    return format("'%s object'", type_name(v))
 end
 
+-- A missing attribute or element: its message is made when it is needed.
 local function undef_attr(obj, name)
-   if type(name) == "string" then
-      return undef(format("%s has no attribute %s", object_desc(obj), str_repr(name)))
+   return setmetatable({ of = obj, key = name }, UndefMT)
+end
+
+local function hint_of(u)
+   if u.hint then return u.hint end
+   if u.uname then return format("'%s' is undefined", u.uname) end
+   if u.key == nil then return "undefined value" end
+   if type(u.key) == "string" then
+      return format("%s has no attribute %s", object_desc(u.of), str_repr(u.key))
    end
-   return undef(format("%s has no element %s", object_desc(obj), repr(name)))
+   return format("%s has no element %s", object_desc(u.of), repr(u.key))
 end
 
 local function check_defined(v, line)
-   if is_undef(v) then fail(line, "%s", v.hint or "undefined value") end
+   if is_undef(v) then fail(line, "%s", hint_of(v)) end
 end
 
 local function bound(obj, name, fn)
@@ -1505,7 +1513,7 @@ end
 local function call_value(f, args, kw, kwo, line)
    local mt = getmetatable(f)
    if mt == FnMT then return f.fn(args, kw or {}, kwo or {}, line) end
-   if mt == UndefMT then fail(line, "%s", f.hint and (f.hint .. " (it is called)") or "undefined is not callable") end
+   if mt == UndefMT then fail(line, "%s (it is called)", hint_of(f)) end
    fail(line, "'%s' object is not callable", type_name(f))
 end
 
@@ -1700,7 +1708,7 @@ EVAL.name = function(n, scope, ctx)
    if v ~= nil then return v end
    v = ctx.globals[n.name]
    if v ~= nil then return v end
-   return undef(format("'%s' is undefined", n.name))
+   return setmetatable({ uname = n.name }, UndefMT)
 end
 
 EVAL.list = function(n, scope, ctx)
