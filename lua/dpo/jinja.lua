@@ -78,7 +78,7 @@ local function fail(line, msg, ...)
 end
 
 local function undef(hint) return setmetatable({ hint = hint }, UndefMT) end
-local function is_undef(v) return getmetatable(v) == UndefMT end
+local function is_undef(v) return type(v) == "table" and getmetatable(v) == UndefMT end
 
 local function list(items, kind)
    items = items or {}
@@ -205,6 +205,15 @@ for c = 0x2000, 0x200A do SPACE[utf8.char(c)] = true end
 -- str.strip / lstrip / rstrip (chars: a string of code points, or nil for white space).
 local function strip(s, chars_, left, right)
    local set
+   if chars_ and not find(chars_, "[\128-\255]") then
+      -- ASCII characters: trimming bytes is exact (UTF-8 sequences hold none)
+      local bset = {}
+      for k = 1, #chars_ do bset[byte(chars_, k)] = true end
+      local i, j = 1, #s
+      if left then while i <= j and bset[byte(s, i)] do i = i + 1 end end
+      if right then while j >= i and bset[byte(s, j)] do j = j - 1 end end
+      return sub(s, i, j)
+   end
    if chars_ then
       set = {}
       for _, c in ipairs(chars(chars_)) do set[c] = true end
@@ -1698,7 +1707,12 @@ end
 local EVAL = {}
 
 function eval(node, scope, ctx)
-   return EVAL[node.k](node, scope, ctx)
+   local f = node.eval_fn -- cached on the node: one lookup per node, not per visit
+   if not f then
+      f = EVAL[node.k]
+      node.eval_fn = f
+   end
+   return f(node, scope, ctx)
 end
 
 EVAL.const = function(n) return n.v end
