@@ -54,6 +54,8 @@ M.spec = {
    { "data", "examples/data/hh-sample",
      "directory holding train and test files (HH format: .jsonl or .jsonl.gz)" },
    { "model", "", "a Hugging Face GPT-2 directory (weights and tokenizer); empty: a tiny model from scratch" },
+   { "chat_template", "auto", "render the dialogues as messages through a chat template: auto (the " ..
+     "model's, when it has one), none (the HH text as it is), or a template file's path" },
    { "out", "runs/hh", "the run directory" },
    { "overwrite", false, "replace an existing run directory" },
    { "resume", "", "continue the run in this directory from its newest checkpoint, with its options " ..
@@ -296,13 +298,34 @@ local function open_run(J)
    end
 end
 
--- The train and test pairs, cleaned and deduplicated.
+-- The chat template --chat_template names: text and source, or nil.
+local function chat_template_of(o)
+   if o.chat_template == "none" then return nil end
+   if o.chat_template ~= "auto" then
+      local f, err = io.open(o.chat_template, "rb")
+      if not f then die("--chat_template: " .. err) end
+      local text = f:read("a")
+      f:close()
+      return text, o.chat_template
+   end
+   if scratch(o) then return nil end
+   local ok, t = pcall(dpo.tokenizer.load, o.model)
+   if not ok then die(tostring(t)) end
+   local text, source = t:chat_template()
+   t:free()
+   return text, source
+end
+
+-- The train and test pairs, cleaned and deduplicated; as messages when a chat
+-- template renders them (the dialogue reader checks their turns: no hh_clean).
 local function load_data(J)
-   local train_raw, err1 = dpo.data.hh(J.train_path)
+   J.chat_text, J.chat_source = chat_template_of(J.o)
+   local hh_opts = { messages = J.chat_text ~= nil }
+   local train_raw, err1 = dpo.data.hh(J.train_path, hh_opts)
    if not train_raw then die(err1) end
-   local test_raw, err2 = dpo.data.hh(J.test_path)
+   local test_raw, err2 = dpo.data.hh(J.test_path, hh_opts)
    if not test_raw then die(err2) end
-   local clean = dpo.filters.hh_clean()
+   local clean = J.chat_text and dpo.filters.distinct() or dpo.filters.hh_clean()
    local train = train_raw:filter(clean):filter(dpo.filters.dedupe())
    local test = test_raw:filter(clean):filter(dpo.filters.dedupe())
    say("data: %s: %d pairs (%d removed by filters); %s: %d pairs", J.train_path, #train,
@@ -342,9 +365,16 @@ end
 local function tokenize(J, train, test)
    local o = J.o
    local tokopts = { max_length = o.max_length, max_prompt_length = o.max_prompt_length }
+   if J.chat_text then
+      local ok, err = pcall(J.tok.set_chat_template, J.tok, J.chat_text, J.chat_source)
+      if not ok then die(tostring(err)) end
+   end
    J.train_ds = train:tokenize(J.tok, tokopts)
    J.test_ds = test:tokenize(J.tok, tokopts)
    if #J.train_ds == 0 or #J.test_ds == 0 then die("no pairs are left after tokenization") end
+   if J.chat_text then
+      say("chat template: %s; the first prompt as rendered:\n%s", J.chat_source, J.train_ds:get(1).prompt)
+   end
    J.eval_ds = J.test_ds:take(math.min(o.eval_pairs, #J.test_ds))
 end
 
@@ -473,6 +503,10 @@ local function write_report(J, final, samples)
       { "beta", o.dpo.beta },
       { "time", fmt_time(dpo.clock() - J.t0) },
    }
+   if J.chat_text then
+      facts[#facts + 1] = { "chat template", J.chat_source }
+      facts[#facts + 1] = { "example prompt", (J.train_ds:get(1).prompt:gsub("\n", "\\n")) }
+   end
    dpo.report.write(J.run.dir .. "/report.html", {
       title = "HH: SFT, then DPO", subtitle = "dpolua recipes/hh.lua " .. table.concat(J.argv or {}, " "),
       records = J.run.records, table = final, samples = samples, facts = facts,

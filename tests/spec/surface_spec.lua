@@ -1535,6 +1535,30 @@ case("dpo.Tokenizer.save", {
    args = { SELF_TOK(), S.path(function() return fresh_path(".json") end) },
    extra = function(t) t.fails_with("a missing directory", F.missing, TM.save, tok(), F.missing) end,
 })
+local function chat_tok()
+   return dpo.tokenizer.bytes():set_chat_template("{% for m in messages %}{{ m.role }}:{{ m.content }}{% endfor %}")
+end
+case("dpo.Tokenizer.chat_template", {
+   args = { S.obj(chat_tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }) },
+   check = function(s) assert.are.equal("string", type(s)) end,
+})
+case("dpo.Tokenizer.set_chat_template", {
+   args = { S.obj(tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }),
+            S.opt(S.str("{{ 1 }}")), S.opt(S.str("source")) },
+   extra = function(t) t.fails("a template with a syntax error", TM.set_chat_template, tok(), "{{ (") end,
+})
+case("dpo.Tokenizer.apply_chat_template", {
+   args = { S.obj(chat_tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }),
+            S.tab({ { role = "user", content = "hi" } }),
+            S.opt(S.tab({ add_generation_prompt = true })) },
+   check = function(s) assert.are.equal("user:hi", s) end,
+   extra = function(t)
+      t.fails("no template", TM.apply_chat_template, tok(), { { role = "user", content = "hi" } })
+      t.fails("a message without a role", TM.apply_chat_template, chat_tok(), { { content = "hi" } })
+      t.works("tokenize", TM.apply_chat_template, chat_tok(), { { role = "user", content = "hi" } },
+              { tokenize = true })
+   end,
+})
 case("dpo.Tokenizer.__index", {
    name = false,
    extra = function(t)
@@ -1956,6 +1980,53 @@ case("dpo.data.Reader.bad", {
       local r = lua_reader()
       r.on_error = "error"
       t.fails_any("on_error = 'error'", LR.bad, r, 1, "why")
+   end,
+})
+
+-- ---- dpo.jinja ---------------------------------------------------------------------------------
+
+local J = dpo.jinja
+case("dpo.jinja.compile", {
+   args = { S.str("{{ x }}"), S.opt(S.str("name")) },
+   check = function(t) assert.is_true(J.is_template(t)) end,
+   extra = function(t)
+      t.fails_with("a syntax error", "name:1:", J.compile, "{{ (", "name")
+      t.fails_with("an unsupported tag", "unsupported construct", J.compile, "{% include 'x' %}")
+   end,
+})
+case("dpo.jinja.render", {
+   args = { S.str("{{ x }}"), S.opt(S.tab({ x = 1 })), S.opt(S.str("name")) },
+   check = function(s) assert.are.equal("string", type(s)) end,
+   extra = function(t)
+      t.fails_with("raise_exception", "boom", J.render, "{{ raise_exception('boom') }}")
+      t.fails_with("a function value that raises", "oops", J.render, "{{ f() }}",
+                   { f = function() error("oops") end })
+   end,
+})
+case("dpo.jinja.Template.render", {
+   args = { S.obj(function() return J.compile("{{ x }}") end, { table_ok = true }), S.opt(S.tab({ x = 1 })) },
+   self = true,
+   check = function(s) assert.are.equal("1", s) end,
+})
+case({ "dpo.jinja.list", "dpo.jinja.dict" }, {
+   args = { S.tab(function() return {} end) },
+   call = function(x) return J.list(x), J.dict(x == nil and x or {}) end,
+   name = { "list", "dict" },
+   extra = function(t)
+      t.fails("a table with a metatable", J.list, setmetatable({}, {}))
+      t.fails("keys that are not a list", J.dict, {}, 5)
+   end,
+})
+case("dpo.jinja.is_template", {
+   any = "any value",
+   check = function(r) assert.are.equal("boolean", type(r)) end,
+})
+case("dpo.jinja.tojson", {
+   args = { S.any({ a = 1 }), S.opt(S.tab({ indent = 2 })) },
+   check = function(s) assert.are.equal('{\n  "a": 1\n}', s) end,
+   extra = function(t)
+      t.fails("a coroutine", J.tojson, coroutine.create(print))
+      t.fails("an indent that is a table", J.tojson, 1, { indent = {} })
    end,
 })
 
