@@ -80,6 +80,7 @@ typedef enum {
     DPO_OP_COPY,
     /* coarse nodes with a fused backward */
     DPO_OP_GPT_LOGPS,
+    DPO_OP_LLAMA_LOGPS,
     DPO_OP_COUNT
 } dpo_op;
 

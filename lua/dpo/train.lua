@@ -112,7 +112,7 @@ local lfs = require "lfs"
 local log = require "dpo.log"
 local eval = require "dpo.eval"
 local optim = require "dpo.optim"
-local gpt = require "dpo.gpt"
+local models = require "dpo.model"
 
 cjson.encode_invalid_numbers("null")
 cjson.encode_sparse_array(true)
@@ -225,8 +225,7 @@ end
 -- its sum, its sum of squares and its dot product with a fixed random tensor
 -- (the generator's state is restored afterwards).
 local function weights_key(model)
-   if not (type(model) == "userdata" and getmetatable(model) and getmetatable(model).__name == "dpo.GPT"
-           and pcall(model.is_frozen, model)) then
+   if not models.is_model(model) then
       error("dpo.train.weights_key: expected a model (dpo.gpt), got " .. tostring(model), 2)
    end
    local h = -3750763034362895579
@@ -380,8 +379,7 @@ function train.save_checkpoint(dir, parts)
       error("dpo.train.save_checkpoint: expected a table {model =, ...}, got " .. type(parts), 2)
    end
    local m = parts.model
-   if not (type(m) == "userdata" and getmetatable(m) and getmetatable(m).__name == "dpo.GPT"
-           and pcall(m.is_frozen, m)) then
+   if not models.is_model(m) then
       error("dpo.train.save_checkpoint: model must be a model (dpo.gpt), got " .. tostring(m), 2)
    end
    dir = dir:gsub("/+$", "")
@@ -461,7 +459,7 @@ function train.load_checkpoint(dir)
       end
    end
    integers(state)
-   local okm, model = pcall(gpt.load, dir)
+   local okm, model = pcall(models.load, dir)
    if not okm then error("load_checkpoint: " .. tostring(model), 2) end
    local out = { path = dir, model = model, state = state }
    if lfs.attributes(dir .. "/tokenizer.json", "mode") == "file" then
@@ -641,10 +639,7 @@ local function check_keys(o, kind)
    end
 end
 
-local function is_model(m)
-   return type(m) == "userdata" and getmetatable(m) ~= nil and getmetatable(m).__name == "dpo.GPT"
-      and pcall(m.is_frozen, m)
-end
+local is_model = models.is_model
 
 -- Every option's type and range, before any work: a mistake names its option.
 local function check_options(o, kind, fname)
@@ -725,7 +720,7 @@ local function run_phase(kind, o)
    check_keys(o, kind)
    local model = kind == "dpo" and (o.policy or o.model) or o.model
    if not is_model(model) then
-      fail(fname, "%s must be a model (dpo.gpt.new or dpo.gpt.load), got %s", kind == "dpo" and "policy" or "model",
+      fail(fname, "%s must be a model (dpo.model.new or dpo.model.load), got %s", kind == "dpo" and "policy" or "model",
            tostring(model))
    end
    if model:is_frozen() then fail(fname, "the model is frozen; train a clone that is not") end
@@ -834,7 +829,7 @@ local function run_phase(kind, o)
             fail(fname, "resuming needs the reference model: pass ref = (the model the phase began " ..
                  "with%s)", type(src) == "string" and (", " .. src) or "")
          end
-         local ok, m = pcall(gpt.load, src)
+         local ok, m = pcall(models.load, src)
          if not ok then fail(fname, "resume: the reference: %s", tostring(m)) end
          ref = m:freeze()
       end
