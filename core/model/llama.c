@@ -56,18 +56,19 @@ enum {
     NP /* slots per block */
 };
 
-/* Activations of one block, for Nt tokens (pointers into the arena). */
+/*
+** Activations of one block, for Nt tokens (pointers into the arena). The
+** norms' outputs and the rotated q/k are not kept: the backward recomputes
+** them (cheap, elementwise) into buffers shared by all blocks.
+*/
 typedef struct {
-    float *ln1;   /* [Nt, C] input_layernorm output */
-    float *rstd1; /* [Nt] */
+    float *rstd1; /* [Nt] 1/rms of input_layernorm */
     float *qkv;   /* [Nt, QKV] projections (with biases) */
-    float *qkr;   /* [Nt, QKV] q, k normed (Qwen3) and rotated; v as is */
     float *qkn;   /* [Nt, NH + KV] 1/rms of each q and k head (Qwen3) */
     float *att;   /* [sum_n NH * Tn * Wn] softmax probabilities */
     float *atty;  /* [Nt, Q] attention output before o_proj */
     float *res2;  /* [Nt, C] residual after attention */
-    float *ln2;   /* [Nt, C] post_attention_layernorm output */
-    float *rstd2; /* [Nt] */
+    float *rstd2; /* [Nt] 1/rms of post_attention_layernorm */
     float *gu;    /* [Nt, 2I] gate, then up */
     float *res3;  /* [Nt, C] the block's output */
 } block_acts;
@@ -103,7 +104,10 @@ struct dpo_llama {
     size_t ints_cap;
     float *ones; /* [max(Nt, S) + 1] */
     block_acts *blocks;
-    float *encoded, *act, *lnf, *lnf_rstd, *hs, *lse, *logits;
+    float *encoded, *lnf, *lnf_rstd, *hs, *lse, *logits;
+    float *ln;  /* [Nt, C] a norm's output, one buffer for all blocks */
+    float *qkr; /* [Nt, QKV] q, k normed (Qwen3) and rotated, v as is; shared */
+    float *act; /* [Nt, I] silu(gate) * up; shared */
     /* backward scratch */
     float *dres, *dln, *dbig, *dact, *datty, *dqkr, *dqkv, *dhs, *datt_scratch;
     size_t scratch_per_thread;
@@ -762,7 +766,7 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
     size_t FF = (size_t)c->intermediate_size, D = (size_t)c->head_dim;
     size_t Q = (size_t)c->n_head * D, QKV = Q + 2 * (size_t)c->n_kv_head * D;
     size_t nh = (size_t)(c->n_head + c->n_kv_head);
-    size_t per_block = nt * (4 * C + 2 + 2 * QKV + nh + Q + 2 * FF) + A;
+    size_t per_block = nt * (2 * C + 2 + QKV + nh + Q + 2 * FF) + A;
     size_t nthreads = (size_t)omp_get_max_threads();
     size_t ints = 6 * (size_t)N + 2 * nt + 3 * (size_t)S + 1,
            ones = (nt > (size_t)S ? nt : (size_t)S) + 1;
@@ -772,7 +776,7 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
     m->chunk = (int)(LOGIT_BUDGET / V > 64 ? LOGIT_BUDGET / V : 64);
     if (m->chunk > S && S > 0) m->chunk = S;
     if (m->chunk < 1) m->chunk = 1;
-    floats = nb * per_block + nt * FF + 2 * nt * C + nt + (size_t)S * C + (size_t)S +
+    floats = nb * per_block + nt * FF + 3 * nt * C + nt * QKV + nt + (size_t)S * C + (size_t)S +
              (size_t)m->chunk * V + ones + scratch;
     if (backward) floats += 2 * nt * C + 3 * nt * FF + nt * Q + 2 * nt * QKV + (size_t)S * C;
     if (floats > m->acts_cap) {
@@ -808,21 +812,20 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
 #define TAKE(ptr, count) (ptr = f, f += (count))
     for (int l = 0; l < nb; l++) {
         block_acts *b = &m->blocks[l];
-        TAKE(b->ln1, nt * C);
         TAKE(b->rstd1, nt);
         TAKE(b->qkv, nt * QKV);
-        TAKE(b->qkr, nt * QKV);
         TAKE(b->qkn, nt * nh);
         TAKE(b->att, A);
         TAKE(b->atty, nt * Q);
         TAKE(b->res2, nt * C);
-        TAKE(b->ln2, nt * C);
         TAKE(b->rstd2, nt);
         TAKE(b->gu, 2 * nt * FF);
         TAKE(b->res3, nt * C);
     }
     for (int l = nb; l < c->n_layer; l++) m->blocks[l] = m->blocks[0];
     TAKE(m->act, nt * FF);
+    TAKE(m->ln, nt * C);
+    TAKE(m->qkr, nt * QKV);
     TAKE(m->encoded, nt * C);
     TAKE(m->lnf, nt * C);
     TAKE(m->lnf_rstd, nt);
@@ -889,15 +892,15 @@ static void forward_hidden(dpo_llama *m) {
         heads hd = heads_of(m, l);
         const float *x = l == 0 ? m->encoded : m->blocks[l - 1].res3;
         size_t n = (size_t)Nt * C;
-        rmsnorm_forward(b->ln1, b->rstd1, x, P_(m, l, P_LN1), Nt, C, eps);
-        linear_forward(b->qkv, b->ln1, P_(m, l, P_Q_W), P_(m, l, P_Q_B), Nt, C, hd.QKV);
-        rope_forward(b->qkr, b->qkn, b->qkv, m->pos, Nt, &hd);
-        attention_forward(b->atty, b->att, b->qkr, &pk, &hd);
+        rmsnorm_forward(m->ln, b->rstd1, x, P_(m, l, P_LN1), Nt, C, eps);
+        linear_forward(b->qkv, m->ln, P_(m, l, P_Q_W), P_(m, l, P_Q_B), Nt, C, hd.QKV);
+        rope_forward(m->qkr, b->qkn, b->qkv, m->pos, Nt, &hd);
+        attention_forward(b->atty, b->att, m->qkr, &pk, &hd);
         linear_forward(b->res2, b->atty, P_(m, l, P_O_W), P_(m, l, P_O_B), Nt, hd.Q, C);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->res2[i] += x[i];
-        rmsnorm_forward(b->ln2, b->rstd2, b->res2, P_(m, l, P_LN2), Nt, C, eps);
-        linear_forward(b->gu, b->ln2, P_(m, l, P_G_W), P_(m, l, P_G_B), Nt, C, 2 * FF);
+        rmsnorm_forward(m->ln, b->rstd2, b->res2, P_(m, l, P_LN2), Nt, C, eps);
+        linear_forward(b->gu, m->ln, P_(m, l, P_G_W), P_(m, l, P_G_B), Nt, C, 2 * FF);
         swiglu_forward(m->act, b->gu, Nt, FF);
         linear_forward(b->res3, m->act, P_(m, l, P_D_W), P_(m, l, P_D_B), Nt, FF, C);
 #pragma omp parallel for schedule(static)
@@ -995,22 +998,26 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
         heads hd = heads_of(m, l);
         const float *x = l == 0 ? m->encoded : m->blocks[l - 1].res3;
         /* MLP branch: res3 = res2 + down(silu(gate(ln2)) * up(ln2)) */
+        float eps = c->rms_eps;
         swiglu_forward(m->act, b->gu, Nt, FF); /* not kept: recomputed */
         linear_backward(m->dact, G_(m, l, P_D_W), G_(m, l, P_D_B), m->dres, m->act, P_(m, l, P_D_W),
                         m->ones, Nt, FF, C);
         swiglu_backward(m->dbig, m->dact, b->gu, Nt, FF);
-        linear_backward(m->dln, G_(m, l, P_G_W), G_(m, l, P_G_B), m->dbig, b->ln2, P_(m, l, P_G_W),
+        rmsnorm_forward(m->ln, NULL, b->res2, P_(m, l, P_LN2), Nt, C, eps); /* ln2, recomputed */
+        linear_backward(m->dln, G_(m, l, P_G_W), G_(m, l, P_G_B), m->dbig, m->ln, P_(m, l, P_G_W),
                         m->ones, Nt, C, 2 * FF);
         rmsnorm_backward(m->dres, G_(m, l, P_LN2), m->dln, b->res2, P_(m, l, P_LN2), b->rstd2, Nt,
                          C);
         /* attention branch: res2 = x + o(attn(rope(norm(qkv(ln1(x)))))) */
         linear_backward(m->datty, G_(m, l, P_O_W), G_(m, l, P_O_B), m->dres, b->atty,
                         P_(m, l, P_O_W), m->ones, Nt, hd.Q, C);
-        attention_backward(m->dqkr, m->datty, b->att, b->qkr, &pk, &hd, Nt, m->datt_scratch,
+        rope_forward(m->qkr, b->qkn, b->qkv, m->pos, Nt, &hd); /* recomputed */
+        attention_backward(m->dqkr, m->datty, b->att, m->qkr, &pk, &hd, Nt, m->datt_scratch,
                            m->scratch_per_thread);
         rope_backward(m->dqkv, G_(m, l, P_QN), G_(m, l, P_KN), m->dqkr, b->qkv, b->qkn, m->pos, Nt,
                       &hd);
-        linear_backward(m->dln, G_(m, l, P_Q_W), G_(m, l, P_Q_B), m->dqkv, b->ln1, P_(m, l, P_Q_W),
+        rmsnorm_forward(m->ln, NULL, x, P_(m, l, P_LN1), Nt, C, eps); /* ln1, recomputed */
+        linear_backward(m->dln, G_(m, l, P_Q_W), G_(m, l, P_Q_B), m->dqkv, m->ln, P_(m, l, P_Q_W),
                         m->ones, Nt, C, hd.QKV);
         rmsnorm_backward(m->dres, G_(m, l, P_LN1), m->dln, x, P_(m, l, P_LN1), b->rstd1, Nt, C);
     }
