@@ -302,4 +302,39 @@ describe("dpo.model (Llama family)", function()
          assert.are.equal(8, e.pairs)
       end
    end)
+   it("runs recipes/hh.lua --model=DIR on a Qwen3 directory, and resumes it exactly", function()
+      local tok = dpo.tokenizer.bytes()
+      local base = h.tmpdir()
+      local mdir, a, b = base .. "/model", base .. "/a", base .. "/b"
+      dpo.model.new{ model_type = "qwen3", vocab_size = tok:vocab_size(), hidden_size = 32,
+                     intermediate_size = 48, num_hidden_layers = 1, num_attention_heads = 4,
+                     num_key_value_heads = 2, head_dim = 8, max_position_embeddings = 128, seed = 1 }:save(mdir)
+      tok:save(mdir .. "/tokenizer.json")
+      local function hh(args)
+         local cmd = ("env -u LUA_INIT -u LUA_INIT_5_4 OMP_WAIT_POLICY=PASSIVE %s recipes/hh.lua %s >%s 2>&1")
+            :format(h.quote(h.DPOLUA), args, h.quote(base .. "/log"))
+         local ok = os.execute(cmd)
+         return ok, h.read(base .. "/log")
+      end
+      local common = "--sft.steps=4 --dpo.steps=4 --save_every=2 --eval_pairs=4 --samples=1 " ..
+         "--max_new_tokens=4 --batch_size=2 --grad_accum=1 --max_length=96 --max_prompt_length=48 " ..
+         "--progress=lines --model=" .. h.quote(mdir)
+      local ok, out = hh(common .. " --out=" .. h.quote(a))
+      assert(ok, out)
+      local conf = cjson.decode(h.read(a .. "/checkpoint-8/config.json"))
+      assert.are.equal("qwen3", conf.model_type)
+      assert.are.equal("dpo.Llama", getmetatable(dpo.model.load(a .. "/checkpoint-8")).__name)
+      -- the same run stopped after checkpoint-6 (mid-DPO), then resumed
+      ok, out = hh(common .. " --out=" .. h.quote(b))
+      assert(ok, out)
+      os.remove(b .. "/checkpoint-8/model.safetensors")
+      for name in require("lfs").dir(b .. "/checkpoint-8") do
+         if name ~= "." and name ~= ".." then os.remove(b .. "/checkpoint-8/" .. name) end
+      end
+      assert(os.remove(b .. "/checkpoint-8"))
+      ok, out = hh("--resume=" .. h.quote(b))
+      assert(ok, out)
+      assert.is_truthy(out:find("from " .. b .. "/checkpoint-6", 1, true), out)
+      assert.are.equal(h.read(a .. "/checkpoint-8/model.safetensors"), h.read(b .. "/checkpoint-8/model.safetensors"))
+   end)
 end)
