@@ -1,14 +1,14 @@
 -- The Llama-family engine (core/model/llama.c, dpo.model) against an
 -- independent computation: PyTorch's float64 implementation of Hugging
--- Face's Llama / Mistral / Qwen2 / Qwen3 math (tests/ref/llama_ref.py) on
--- the fixtures of tests/fixtures/llama (tests/ref/make_llama_ref.sh makes
+-- Face's Llama / Mistral / Qwen2 / Qwen3 math (tests/ref/llama_engine_ref.py) on
+-- the fixtures of tests/fixtures/llama_engine (tests/ref/make_llama_engine_ref.sh makes
 -- them); a finite-difference check of the fused backward on every parameter
 -- tensor; and the properties the model promises (packing, sharing, caching,
 -- checkpoints, config errors, training through dpo.train).
 local h = dofile("tests/spec/helper.lua")
 local cjson = require "cjson"
 
-local FIX = "tests/fixtures/llama/"
+local FIX = "tests/fixtures/llama_engine/"
 local VARIANTS = { "llama_gqa", "llama_mqa_tied_bias", "llama3_rope_head_dim", "llama_linear_rope",
                    "mistral", "qwen2", "qwen3" }
 
@@ -75,6 +75,28 @@ describe("dpo.model (Llama family)", function()
          local nref = 0
          for _ in pairs(grads) do nref = nref + 1 end
          assert.are.equal(nref, n)
+      end)
+   end
+
+   -- the same network composed from dpo's autograd ops (tests/spec/llama_ref.lua)
+   local ref = dofile("tests/spec/llama_ref.lua")
+   for _, name in ipairs(VARIANTS) do
+      it(name .. ": logps and every gradient equal the network composed from autograd ops", function()
+         local dir = FIX .. name
+         local m = dpo.model.load(dir)
+         local ids, mask, w = batch_of(dir)
+         local P = ref.leaves(m:named_parameters())
+         local want, wcount = ref.logps(dpo.model.hf_config(m), P, ids, mask)
+         ;(want * w):sum():backward()
+         m:zero_grad()
+         local lp, count = m:logps(ids, mask)
+         ;(lp * w):sum():backward()
+         h.near(lp, want:totable(), 1e-5)
+         assert.are.same(wcount:totable(), count:totable())
+         for _, np in ipairs(m:named_parameters()) do
+            local ok, d, s = close(np[2].grad, P[np[1]].grad, 1e-5, 2e-4)
+            assert(ok, ("%s: gradient differs by %g (max %g)"):format(np[1], d, s))
+         end
       end)
    end
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Reference log-probabilities and gradients for the Llama-family engine.
 
-Usage: llama_ref.py DIR [DIR ...]
+Usage: llama_engine_ref.py DIR [DIR ...]
 
 Each DIR holds config.json and model.safetensors (float32, as dpolua saves
 them) and batch.json ({"ids": [[...]], "mask": [[...]], "weights": [...]}).

@@ -1,12 +1,12 @@
 -- Writes the Llama-family fixtures of tests/spec/llama_spec.lua: for each
--- variant a directory tests/fixtures/llama/NAME with a small random model
+-- variant a directory tests/fixtures/llama_engine/NAME with a small random model
 -- saved by dpolua (config.json, model.safetensors) and a batch (batch.json);
--- tests/ref/llama_ref.py then adds the PyTorch reference (ref.json,
--- ref_grads.safetensors). Run through tests/ref/make_llama_ref.sh.
+-- tests/ref/llama_engine_ref.py then adds the PyTorch reference (ref.json,
+-- ref_grads.safetensors). Run through tests/ref/make_llama_engine_ref.sh.
 local cjson = require "cjson"
 local lfs = require "lfs"
 
-local root = arg[1] or "tests/fixtures/llama"
+local root = arg[1] or "tests/fixtures/llama_engine"
 local base = { vocab_size = 32, hidden_size = 16, intermediate_size = 24, num_hidden_layers = 2,
                num_attention_heads = 4, num_key_value_heads = 2, max_position_embeddings = 64,
                rms_norm_eps = 1e-5 }
