@@ -61,8 +61,11 @@ local function batch(seed)
 end
 
 lfs.mkdir(root)
-local seed = 1
-for name, v in pairs(variants) do
+local names = {}
+for name in pairs(variants) do names[#names + 1] = name end
+table.sort(names) -- each variant's seeds fixed, so the files regenerate the same
+for seed, name in ipairs(names) do
+   local v = variants[name]
    local c = {}
    for k, x in pairs(base) do c[k] = x end
    for k, x in pairs(v) do c[k] = x end
@@ -74,6 +77,5 @@ for name, v in pairs(variants) do
    local f = assert(io.open(dir .. "/batch.json", "w"))
    f:write(cjson.encode(batch(100 + seed)), "\n")
    f:close()
-   seed = seed + 1
    print(dir)
 end
