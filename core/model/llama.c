@@ -13,8 +13,8 @@
 **
 ** Shapes: Nt packed tokens, C = hidden_size, NH query heads and KV key/value
 ** heads of D = head_dim, Q = NH * D, KVD = KV * D, QKV = Q + 2 * KVD,
-** FF = intermediate_size, V = vocab size, S scored positions. Head h reads the
-** key/value head h / (NH / KV).
+** FF = intermediate_size (not I: complex.h's macro), V = vocab size, S
+** scored positions. Head h reads the key/value head h / (NH / KV).
 */
 #include "model/llama.h"
 #include "tensor/autograd.h"
@@ -107,7 +107,7 @@ struct dpo_llama {
     float *encoded, *lnf, *lnf_rstd, *hs, *lse, *logits;
     float *ln;  /* [Nt, C] a norm's output, one buffer for all blocks */
     float *qkr; /* [Nt, QKV] q, k normed (Qwen3) and rotated, v as is; shared */
-    float *act; /* [Nt, I] silu(gate) * up; shared */
+    float *act; /* [Nt, FF] silu(gate) * up; shared */
     /* backward scratch */
     float *dres, *dln, *dbig, *dact, *datty, *dqkr, *dqkv, *dhs, *datt_scratch;
     size_t scratch_per_thread;
