@@ -228,8 +228,7 @@ function model.load(dir, opts)
    local m = build(conf, fname, dir .. "/config.json")
    local _, params = m:named_parameters()
    local info = hf.load_weights(dir, params, { ignore = ignorable(m:config().tie_word_embeddings) }, fname)
-   sources[m] = sources[m] or {}
-   sources[m].torch_dtype = sources[m].torch_dtype or info.dtype
+   sources[m].torch_dtype = info.dtype -- what the file holds, whatever the config says
    dirs[m] = dir
    return m
 end

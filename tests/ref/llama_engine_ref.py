@@ -12,7 +12,8 @@ default / linear / llama3 inverse frequencies, repeat_kv for grouped heads,
 eager causal attention, SwiGLU, tied or separate LM head. It writes
 DIR/ref.json ({"logps": [...]}: per row, sum over t >= 1 with mask[t] of
 log p(ids[t] | ids[<t])) and DIR/ref_grads.safetensors: the gradient of
-sum_n weights[n] * logps[n] for every parameter, float32, same names.
+sum_n weights[n] * logps[n] for every parameter, float32, same names. For
+the qwen2 variant also DIR/bf16 (see write_bf16).
 Needs python3-torch (Debian); not transformers.
 """
 import json
@@ -41,12 +42,15 @@ def read_safetensors(path):
     return out
 
 
-def write_safetensors(path, tensors):
+def write_safetensors(path, tensors, dtype="F32"):
     header, blobs, off = {}, [], 0
     for name in sorted(tensors):
         t = tensors[name].detach().float().contiguous()
-        raw = t.numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        if dtype == "BF16":  # round to nearest even, as torch does
+            raw = t.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
+        else:
+            raw = t.numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
         blobs.append(raw)
         off += len(raw)
     h = json.dumps(header).encode()
@@ -162,7 +166,22 @@ def run(d):
                       {n: (t.grad if t.grad is not None else torch.zeros_like(t)) for n, t in P.items()})
 
 
+def write_bf16(d):
+    """DIR/bf16: the model in BF16 (config.json copied) and, as rounded.safetensors,
+    the same BF16 values widened to float32: what loading the BF16 file must give."""
+    import os
+    import shutil
+    P = read_safetensors(d + "/model.safetensors")
+    os.makedirs(d + "/bf16", exist_ok=True)
+    shutil.copy(d + "/config.json", d + "/bf16/config.json")
+    write_safetensors(d + "/bf16/model.safetensors", P, "BF16")
+    write_safetensors(d + "/bf16/rounded.safetensors",
+                      {n: t.float().to(torch.bfloat16).float() for n, t in P.items()})
+
+
 if __name__ == "__main__":
     torch.set_grad_enabled(True)
     for d in sys.argv[1:]:
         run(d)
+        if d.endswith("/qwen2"):
+            write_bf16(d)

@@ -285,6 +285,20 @@ describe("dpo.model (Llama family)", function()
       assert.are.equal("dpo.GPT", getmetatable(dpo.model.load(dir .. "2")).__name)
    end)
 
+   it("loads a BF16 checkpoint widened to float32 exactly", function()
+      local dir = FIX .. "qwen2/bf16"
+      local m = dpo.model.load(dir)
+      local want = assert(dpo.load(dir .. "/rounded.safetensors"))
+      for _, np in ipairs(m:named_parameters()) do
+         assert.are.equal(0, (np[2] - want[np[1]]):abs():max():item(), np[1])
+      end
+      assert.are.equal("bfloat16", dpo.model.hf_config(m).torch_dtype)
+      -- not the float32 weights it was rounded from
+      local f32 = dpo.model.load(FIX .. "qwen2")
+      local ids, mask = batch_of(FIX .. "qwen2")
+      assert.are_not.same(f32:logps(ids, mask):totable(), m:logps(ids, mask):totable())
+   end)
+
    it("refuses config fields that change the math and are not supported, naming them", function()
       local function err(extra, pat)
          h.errors(function() dpo.model.new(with(tiny, extra)) end, pat, true)
