@@ -9,7 +9,7 @@
 ** after their projection (and after Qwen3's per-head q_norm / k_norm); grouped
 ** key/value heads; SwiGLU. The q, k, v weights are laid out one after another
 ** in the arena, so the three projections are one product with a [QKV, C]
-** matrix; gate and up likewise ([2I, C]). Parameter names are Hugging Face's.
+** matrix; gate and up likewise ([2 FF, C]). Parameter names are Hugging Face's.
 **
 ** Shapes: Nt packed tokens, C = hidden_size, NH query heads and KV key/value
 ** heads of D = head_dim, Q = NH * D, KVD = KV * D, QKV = Q + 2 * KVD,
