@@ -22,8 +22,9 @@
 --
 -- By default it trains a tiny GPT-2 from scratch, with a BPE tokenizer trained
 -- on the data, on the bundled sample (examples/data/hh-sample), in about two
--- minutes on two cores. With --model=DIR (a Hugging Face GPT-2 directory with
--- its tokenizer) the defaults become the original DPO HH settings: beta 0.1,
+-- minutes on two cores. With --model=DIR (a Hugging Face directory of a
+-- supported family -- GPT-2, Llama, Mistral, Qwen2, Qwen3, SmolLM2 -- with its
+-- tokenizer) the defaults become the original DPO HH settings: beta 0.1,
 -- RMSprop, learning rate 1e-6 warmed up linearly over 150 steps, 64 pairs a
 -- step, gradient clipping at 10, max length 512 and max prompt length 256.
 --
@@ -53,7 +54,9 @@ M.spec = {
       "then a held-out evaluation.",
    { "data", "examples/data/hh-sample",
      "directory holding train and test files (HH format: .jsonl or .jsonl.gz)" },
-   { "model", "", "a Hugging Face GPT-2 directory (weights and tokenizer); empty: a tiny model from scratch" },
+   { "model", "", "a Hugging Face model directory (config.json, model.safetensors, tokenizer), model_type " ..
+     "gpt2, llama (Llama 2/3.x, TinyLlama, SmolLM2), mistral, qwen2 (Qwen2/2.5) or qwen3; " ..
+     "empty: a tiny GPT-2 from scratch" },
    { "chat_template", "auto", "render the dialogues as messages through a chat template: auto (the " ..
      "model's, when it has one), none (the HH text as it is), or a template file's path" },
    { "out", "runs/hh", "the run directory" },
@@ -350,7 +353,7 @@ local function tokenizer_and_model(J, train)
                              n_head = o.tiny.n_head, n_embd = o.tiny.n_embd, seed = o.seed }
       return
    end
-   local okm, m = pcall(dpo.gpt.load, o.model)
+   local okm, m = pcall(dpo.model.load, o.model)
    if not okm then die(tostring(m)) end
    J.model = m
    local okt, t = pcall(dpo.tokenizer.load, o.model)
@@ -413,7 +416,7 @@ local function sft_phase(J)
       -- done before: the model it ended with is the checkpoint's, or the DPO phase's reference
       local path = st.kind == "sft" and latest.path or (st.reference and st.reference.source)
       local okm, m = true, latest.model
-      if st.kind == "dpo" then okm, m = pcall(dpo.gpt.load, tostring(path)) end
+      if st.kind == "dpo" then okm, m = pcall(dpo.model.load, tostring(path)) end
       if not okm then die(("cannot resume: the SFT checkpoint the DPO phase began from: %s"):format(tostring(m))) end
       take_weights(J, m)
       say("done before: %s", path)

@@ -72,7 +72,7 @@ end
 local function check_model(m, what, fname)
    local t = type(m)
    if (t ~= "userdata" and t ~= "table") or not pcall(function() assert(type(m.logps) == "function") end) then
-      bad(fname, "%s must be a model (dpo.gpt.new or dpo.gpt.load), got %s", what, t)
+      bad(fname, "%s must be a model (dpo.model.new or dpo.model.load), got %s", what, t)
    end
    if not pcall(m.is_training, m) then bad(fname, "%s has been freed", what) end
 end
