@@ -11,6 +11,8 @@
 --       "transformer." prefix; attn.bias / attn.masked_bias buffers and a tied
 --       lm_head.weight are ignored. A missing, unexpected or misshapen tensor
 --       is an error naming it.
+--   dpo.gpt.source(model) -> dir | nil
+--       the directory dpo.gpt.load read the model from (adapter files name it).
 --   model:save(dir) -> true
 --       config.json and model.safetensors in the same layout (each written
 --       atomically), so transformers' GPT2LMHeadModel.from_pretrained(dir)
@@ -23,6 +25,17 @@ local cjson = require "cjson"
 local lfs = require "lfs"
 
 local gpt = {}
+
+-- The directory each loaded model came from (weak: models are not kept alive).
+local sources = setmetatable({}, { __mode = "k" })
+
+function gpt.source(model)
+   if type(model) ~= "userdata" or type(model.config) ~= "function" then
+      error("dpo.gpt.source: expected a model, got " .. type(model), 2)
+   end
+   if not pcall(model.config, model) then error("dpo.gpt.source: the model is freed", 2) end
+   return sources[model]
+end
 
 function gpt.new(config)
    if type(config) ~= "table" then
@@ -134,6 +147,7 @@ function gpt.load(dir)
             wpath, np[1], shape_str(np[2]:shape())), 2)
       end
    end
+   sources[model] = dir
    return model
 end
 
@@ -179,7 +193,12 @@ local function save(model, dir)
       error(("save: %s exists and is not a directory"):format(dir), 2)
    end
    local named = {}
-   for _, np in ipairs(model:named_parameters()) do named[np[1]] = np[2] end
+   for _, np in ipairs(model:named_parameters(true)) do
+      if np[1]:find(".lora_", 1, true) then
+         error("save: the model has adapters: dpo.lora.save writes them, dpo.lora.merge folds them in", 2)
+      end
+      named[np[1]] = np[2]
+   end
    local ok, err = core.save(dir .. "/model.safetensors", named, { format = "pt" })
    if not ok then error("save: " .. err, 2) end
    ok, err = core.write_file(dir .. "/config.json", cjson.encode(hf_config(model)) .. "\n")

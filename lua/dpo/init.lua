@@ -18,6 +18,7 @@ dpo.gradcheck = require("dpo.gradcheck").gradcheck
 
 dpo.nn = require "dpo.nn"
 dpo.gpt = require "dpo.gpt"
+dpo.lora = require "dpo.lora"
 
 dpo.float32 = "float32"
 dpo.int32 = "int32"

@@ -1,0 +1,450 @@
+-- LoRA adapters in the GPT-2 engine against independent computations: the
+-- adapted network written here from tensor ops (autograd does its gradients),
+-- finite differences, the base network, and PEFT's documented file layout
+-- (read back with Python's json, not our reader).
+local h = dofile("tests/spec/helper.lua")
+
+local cfg = { vocab_size = 37, n_ctx = 12, n_layer = 2, n_head = 2, n_embd = 8, seed = 3 }
+
+local function ids_tensor(rows) return dpo.tensor(rows, "int32") end
+
+local IDS = ids_tensor{
+   { 5, 9, 1, 30, 2, 7, 7, 14, 0, 0 },
+   { 3, 3, 8, 0, 0, 0, 0, 0, 0, 0 },
+   { 36, 1, 2, 3, 4, 5, 6, 7, 8, 9 },
+}
+local MASK = ids_tensor{
+   { 0, 0, 0, 1, 1, 1, 1, 1, 0, 0 },
+   { 0, 1, 1, 0, 0, 0, 0, 0, 0, 0 },
+   { 0, 0, 1, 0, 1, 1, 0, 1, 1, 1 },
+}
+
+-- ---- the adapted network, from tensor ops -------------------------------------
+
+local function layernorm(x, w, b, eps)
+   local mu = x:mean(2, true)
+   local xc = x - mu
+   local var = (xc * xc):mean(2, true)
+   return xc / (var + eps):sqrt() * w + b
+end
+
+-- x W + b, plus s * (x A^T) B^T when the module has an adapter (PEFT's Linear.forward)
+local function linear(P, name, x, s)
+   local y = x:mm(P[name .. ".weight"]) + P[name .. ".bias"]
+   local A, B = P[name .. ".lora_A.weight"], P[name .. ".lora_B.weight"]
+   if A then y = y + x:mm(A:t()):mm(B:t()) * s end
+   return y
+end
+
+local function reference_row(P, c, s, ids, mask)
+   local last = 0
+   for t = 2, #ids do if mask[t] ~= 0 then last = t end end
+   if last == 0 then return dpo.zeros(1):sum() end
+   local T, C, NH = last - 1, c.n_embd, c.n_head
+   local HS = C // NH
+   local inp, tgt, m = {}, {}, {}
+   for t = 1, T do
+      inp[t] = ids[t] + 1
+      tgt[t] = { ids[t + 1] + 1 }
+      m[t] = mask[t + 1] ~= 0 and 1 or 0
+   end
+   local causal = {}
+   for i = 1, T do
+      causal[i] = {}
+      for j = 1, T do causal[i][j] = j <= i and 1 or 0 end
+   end
+   causal = dpo.tensor(causal, "int32")
+   local x = P["transformer.wte.weight"]:index_select(1, inp) + P["transformer.wpe.weight"]:narrow(1, 1, T)
+   for l = 0, c.n_layer - 1 do
+      local pre = "transformer.h." .. l .. "."
+      local a = layernorm(x, P[pre .. "ln_1.weight"], P[pre .. "ln_1.bias"], c.layer_norm_epsilon)
+      local qkv = linear(P, pre .. "attn.c_attn", a, s)
+      local heads = {}
+      for hd = 0, NH - 1 do
+         local q = qkv:narrow(2, hd * HS + 1, HS)
+         local k = qkv:narrow(2, C + hd * HS + 1, HS)
+         local v = qkv:narrow(2, 2 * C + hd * HS + 1, HS)
+         local att = dpo.where(causal, q:mm(k:t()) * (1 / math.sqrt(HS)), -1e30):softmax(2)
+         heads[#heads + 1] = att:mm(v)
+      end
+      x = x + linear(P, pre .. "attn.c_proj", dpo.cat(heads, 2), s)
+      local b = layernorm(x, P[pre .. "ln_2.weight"], P[pre .. "ln_2.bias"], c.layer_norm_epsilon)
+      local f = linear(P, pre .. "mlp.c_fc", b, s):gelu()
+      x = x + linear(P, pre .. "mlp.c_proj", f, s)
+   end
+   x = layernorm(x, P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], c.layer_norm_epsilon)
+   local logits = x:mm(P["transformer.wte.weight"]:t())
+   local lp = logits:log_softmax(2):gather(2, ids_tensor(tgt)):reshape(T)
+   return (lp * dpo.tensor(m)):sum()
+end
+
+-- The reference's logps [N] and its leaf tensors (by name; all require grad).
+local function reference(model, ids, mask)
+   local P = {}
+   for _, np in ipairs(model:named_parameters(true)) do
+      P[np[1]] = np[2]:detach():clone():requires_grad()
+   end
+   local info = model:lora()
+   local s = info and info.enabled and info.scale or 0
+   if info and not info.enabled then
+      for k in pairs(P) do if k:match("%.lora_") then P[k] = nil end end
+   end
+   local rows, it, mt = {}, ids:totable(), mask:totable()
+   for n = 1, #it do rows[n] = reference_row(P, model:config(), s, it[n], mt[n]):reshape(1) end
+   return dpo.cat(rows, 1), P
+end
+
+-- Weights large enough that the residual stream is O(1) (as gpt_spec does),
+-- and adapters with B non-zero, so every adapter matters.
+local function scramble(m, seed, lora_std, lora_only)
+   dpo.manual_seed(seed)
+   dpo.no_grad(function()
+      for _, np in ipairs(m:named_parameters(true)) do
+         local name, t = np[1], np[2]
+         if lora_only and not name:match("lora_") then
+            -- the base stays
+         elseif name:match("ln_") and name:match("weight$") then
+            t:copy(dpo.randn(t:shape()) * 0.1 + 1)
+         elseif name:match("lora_") then
+            t:copy(dpo.randn(t:shape()) * (lora_std or 0.5))
+         else
+            t:copy(dpo.randn(t:shape()) * 0.3)
+         end
+      end
+   end)
+   return m
+end
+
+local function close(a, b, atol, rtol)
+   local d = (a - b):abs():max():item()
+   local s = b:abs():max():item()
+   return d <= atol + rtol * s, d
+end
+
+local function nolp(m, ids, mask)
+   return dpo.no_grad(function() return m:logps(ids or IDS, mask or MASK) end)
+end
+
+local function same_bits(a, b)
+   local x, y = a:reshape(-1):totable(), b:reshape(-1):totable()
+   if #x ~= #y then return false end
+   for i = 1, #x do
+      if string.pack("<f", x[i]) ~= string.pack("<f", y[i]) then return false, i end
+   end
+   return true
+end
+
+describe("dpo.lora", function()
+   teardown(function() h.cleanup() end)
+
+   it("adds PEFT's adapters: names, shapes, initialisation, a frozen base", function()
+      local m = dpo.gpt.new{ vocab_size = 50, n_ctx = 16, n_layer = 2, n_head = 4, n_embd = 64, seed = 1 }
+      local before = nolp(m, IDS, MASK)
+      assert.are.equal(m, dpo.lora.apply(m, { r = 4, alpha = 16, target_modules = { "c_attn", "c_fc" } }))
+      local named = m:named_parameters()
+      local want = {}
+      for l = 0, 1 do
+         local pre = "transformer.h." .. l .. "."
+         want[#want + 1] = { pre .. "attn.c_attn.lora_A.weight", { 4, 64 } }
+         want[#want + 1] = { pre .. "attn.c_attn.lora_B.weight", { 192, 4 } }
+         want[#want + 1] = { pre .. "mlp.c_fc.lora_A.weight", { 4, 64 } }
+         want[#want + 1] = { pre .. "mlp.c_fc.lora_B.weight", { 256, 4 } }
+      end
+      assert.are.equal(#want, #named)
+      assert.are.equal(#want, #m:parameters())
+      for i, w in ipairs(want) do
+         assert.are.equal(w[1], named[i][1])
+         assert.are.same(w[2], named[i][2]:shape())
+         assert.is_true(named[i][2].grad ~= nil)
+         if w[1]:match("lora_A") then -- U(-1/sqrt(64), 1/sqrt(64)): std 1/sqrt(3*64)
+            local t = named[i][2]
+            assert.is_true(t:abs():max():item() <= 1 / 8)
+            local std = t:pow(2):mean():sqrt():item()
+            assert.is_true(math.abs(std - 1 / math.sqrt(192)) < 0.01, "std " .. std)
+         else
+            assert.are.equal(0, named[i][2]:abs():sum():item())
+         end
+      end
+      -- the base: listed on request, frozen, without gradients
+      local all = m:named_parameters(true)
+      assert.are.equal(2 + 12 * 2 + 2 + #want, #all)
+      for _, np in ipairs(all) do
+         assert.are.equal(np[1]:match("lora_") == nil, np[3])
+         assert.are.equal(np[3], np[2].grad == nil)
+      end
+      local info = dpo.lora.config(m)
+      assert.are.equal(4, info.r)
+      assert.are.equal(4, info.scale) -- alpha / r
+      assert.are.same({ "c_attn", "c_fc" }, info.target_modules)
+      assert.are.equal(4 * (4 * 64 + 192 * 4 + 4 * 64 + 256 * 4) / 2, info.num_params)
+      -- a new adapter changes nothing: B = 0 gives the base's logps exactly
+      assert.is_true(same_bits(nolp(m, IDS, MASK), before))
+      assert.matches("LoRA", tostring(m), 1, true)
+      -- rsLoRA scales by alpha / sqrt(r)
+      local m2 = dpo.lora.apply(dpo.gpt.new(cfg), { r = 4, alpha = 6, use_rslora = true })
+      assert.are.equal(3, m2:lora().scale)
+      assert.are.same({ "transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn" }, m2:lora().modules)
+   end)
+
+   it("computes logps and the adapters' gradients as the network written from tensor ops", function()
+      for _, opts in ipairs{
+         { r = 3, alpha = 6, target_modules = "all-linear" },
+         { r = 2, alpha = 5, use_rslora = true, target_modules = { "attn.c_proj", "c_fc" } },
+         { r = 1, alpha = 1, target_modules = { "h.1.mlp.c_proj" } },
+      } do
+         local m = dpo.lora.apply(dpo.gpt.new(cfg), opts)
+         scramble(m, 5)
+         local lp = m:logps(IDS, MASK)
+         local ref, P = reference(m, IDS, MASK)
+         local ok, d = close(lp, ref:detach(), 1e-4, 1e-5)
+         assert(ok, "logps differ by " .. d)
+         local r = dpo.tensor{ 0.7, -1.3, 2.1 }
+         m:zero_grad()
+         ;(lp * r):sum():backward()
+         ;(ref * r):sum():backward()
+         local n = 0
+         for _, np in ipairs(m:named_parameters()) do
+            local good, diff = close(np[2].grad, P[np[1]].grad, 1e-5, 1e-3)
+            assert(good, ("gradient of %s differs by %g"):format(np[1], diff))
+            assert.is_true(np[2].grad:abs():max():item() > 0)
+            n = n + 1
+         end
+         assert.is_true(n >= 2)
+      end
+   end)
+
+   it("passes a finite-difference check on samples of every adapter tensor", function()
+      local m = scramble(dpo.lora.apply(dpo.gpt.new(cfg), { r = 3, alpha = 2, target_modules = "all-linear" }), 6, 0.3)
+      local r = dpo.tensor{ 0.5, -1, 1.5 }
+      local function L() return (nolp(m) * r):sum():item() end
+      m:zero_grad()
+      ;(m:logps(IDS, MASK) * r):sum():backward()
+      dpo.manual_seed(11)
+      local eps = 1e-2
+      for _, np in ipairs(m:named_parameters()) do
+         local name, t = np[1], np[2]
+         local flat, grad = t:reshape(-1), t.grad:reshape(-1)
+         for _ = 1, 3 do
+            local k = dpo.randint(1, flat:numel() + 1, 1)[1]
+            local v = flat[k]
+            dpo.no_grad(function() flat[k] = v + eps end)
+            local fp = L()
+            dpo.no_grad(function() flat[k] = v - eps end)
+            local fm = L()
+            dpo.no_grad(function() flat[k] = v end)
+            local num, ana = (fp - fm) / (2 * eps), grad[k]
+            assert(math.abs(num - ana) <= 2e-3 + 2e-2 * math.abs(num),
+               ("%s[%d]: analytic %g, numeric %g"):format(name, k, ana, num))
+         end
+      end
+   end)
+
+   it("drops the adapters' input in train mode only, reproducibly, with a matching backward", function()
+      local m = scramble(dpo.lora.apply(dpo.gpt.new(cfg),
+         { r = 3, alpha = 4, dropout = 0.3, target_modules = "all-linear" }), 7)
+      m:eval()
+      local ref = reference(m, IDS, MASK)
+      assert(close(nolp(m), ref:detach(), 1e-4, 1e-5))
+      m:train()
+      m:seed_dropout(3)
+      local a = nolp(m)
+      m:seed_dropout(3)
+      assert.is_true(same_bits(nolp(m), a))
+      assert.is_false(a:allclose(ref:detach(), 1e-3, 1e-3))
+      local r = dpo.tensor{ 0.5, -1, 1.5 }
+      local function L()
+         m:seed_dropout(3)
+         return (nolp(m) * r):sum():item()
+      end
+      m:zero_grad()
+      m:seed_dropout(3)
+      ;(m:logps(IDS, MASK) * r):sum():backward()
+      dpo.manual_seed(13)
+      local eps = 1e-2
+      for _, np in ipairs(m:named_parameters()) do
+         local flat, grad = np[2]:reshape(-1), np[2].grad:reshape(-1)
+         for _ = 1, 2 do
+            local k = dpo.randint(1, flat:numel() + 1, 1)[1]
+            local v = flat[k]
+            dpo.no_grad(function() flat[k] = v + eps end)
+            local fp = L()
+            dpo.no_grad(function() flat[k] = v - eps end)
+            local fm = L()
+            dpo.no_grad(function() flat[k] = v end)
+            local num, ana = (fp - fm) / (2 * eps), grad[k]
+            assert(math.abs(num - ana) <= 2e-3 + 2e-2 * math.abs(num),
+               ("%s[%d]: analytic %g, numeric %g"):format(np[1], k, ana, num))
+         end
+      end
+   end)
+
+   it("trains only the adapters: the base is bit-identical after AdamW steps", function()
+      local m = dpo.gpt.new(cfg)
+      local base = {}
+      for _, np in ipairs(m:named_parameters()) do base[np[1]] = np[2]:clone() end
+      local base_lp = nolp(m)
+      dpo.lora.apply(m, { r = 4, alpha = 8, target_modules = "all-linear" })
+      local opt = dpo.optim.adamw(m:parameters(), { lr = 1e-2, weight_decay = 0.1 })
+      for _ = 1, 3 do
+         opt:zero_grad()
+         m:logps(IDS, MASK):sum():neg():backward()
+         opt:step()
+      end
+      local trained = nolp(m)
+      assert.is_true(trained:sum():item() > base_lp:sum():item())
+      for _, np in ipairs(m:named_parameters(true)) do
+         if base[np[1]] then
+            assert(same_bits(np[2], base[np[1]]), np[1] .. " changed")
+         end
+      end
+      -- disabled: the base's logps exactly; the adapters are back afterwards
+      local off = dpo.lora.disabled(m, nolp, m)
+      assert.is_true(same_bits(off, base_lp))
+      assert.is_true(same_bits(nolp(m), trained))
+      assert.is_true(m:lora().enabled)
+      h.errors(function() dpo.lora.disabled(m, function() error("boom") end) end, "boom")
+      assert.is_true(m:lora().enabled)
+      -- the reference network without adapters agrees with the disabled model
+      dpo.lora.disabled(m, function()
+         assert(close(nolp(m), reference(m, IDS, MASK):detach(), 1e-4, 1e-5))
+      end)
+      -- a disabled model with a frozen base records nothing
+      dpo.lora.disabled(m, function() assert.is_false(m:logps(IDS, MASK):needs_grad()) end)
+   end)
+
+   it("merges the adapters into the base weights", function()
+      local m = scramble(dpo.lora.apply(dpo.gpt.new(cfg), { r = 3, alpha = 6, target_modules = "all-linear" }), 8)
+      local adapted = nolp(m)
+      local ref = reference(m, IDS, MASK):detach()
+      assert.are.equal(m, dpo.lora.merge(m))
+      assert.is_nil(m:lora())
+      local merged = nolp(m)
+      assert(close(merged, adapted, 1e-5, 0))
+      assert(close(merged, ref, 1e-4, 1e-5))
+      -- an ordinary model again: every weight trains, save writes a checkpoint
+      assert.are.equal(2 + 12 * 2 + 2, #m:parameters())
+      assert.is_true(m:parameters()[3].grad ~= nil)
+      local dir = h.tmpdir()
+      m:save(dir)
+      assert(close(nolp(dpo.gpt.load(dir)), adapted, 1e-5, 0))
+      h.errors(function() dpo.lora.merge(m) end, "no adapters")
+   end)
+
+   it("saves in PEFT's layout and loads back exactly", function()
+      local dir = h.tmpdir()
+      local basedir = h.tmpdir()
+      dpo.gpt.new(cfg):save(basedir)
+      local m = dpo.gpt.load(basedir)
+      dpo.lora.apply(m, { r = 2, alpha = 3, dropout = 0.1, target_modules = { "c_attn", "c_proj" }, seed = 4 })
+      scramble(m, 9, 0.5, true)
+      assert.is_true(dpo.lora.save(m, dir))
+      assert.are.same({ "adapter_config.json", "adapter_model.safetensors" }, h.listing(dir))
+      -- read back by Python's json, not by our reader
+      local py = [==[
+import json, struct, sys
+d = sys.argv[1]
+c = json.load(open(d + "/adapter_config.json"))
+f = open(d + "/adapter_model.safetensors", "rb")
+n = struct.unpack("<Q", f.read(8))[0]
+hdr = json.loads(f.read(n))
+out = {"config": c, "meta": hdr.pop("__metadata__", None),
+       "tensors": {k: [v["dtype"], v["shape"]] for k, v in hdr.items()}}
+print(json.dumps(out))
+]==]
+      local f = assert(io.popen("python3 -c " .. h.quote(py) .. " " .. h.quote(dir)))
+      local got = require("cjson").decode(f:read("a"))
+      f:close()
+      local c = got.config
+      assert.are.equal("LORA", c.peft_type)
+      assert.are.equal("CAUSAL_LM", c.task_type)
+      assert.are.equal(2, c.r)
+      assert.are.equal(3, c.lora_alpha)
+      assert.are.equal(0.1, c.lora_dropout)
+      assert.are.same({ "c_attn", "c_proj" }, c.target_modules)
+      assert.are.equal(false, c.use_rslora)
+      assert.are.equal("none", c.bias)
+      assert.are.equal(true, c.fan_in_fan_out)
+      assert.are.equal(basedir, c.base_model_name_or_path)
+      assert.are.same({ format = "pt" }, got.meta)
+      local n = 0
+      for l = 0, 1 do
+         for _, e in ipairs{ { "attn.c_attn", 8, 24 }, { "attn.c_proj", 8, 8 }, { "mlp.c_proj", 32, 8 } } do
+            local pre = "base_model.model.transformer.h." .. l .. "." .. e[1]
+            assert.are.same({ "F32", { 2, e[2] } }, got.tensors[pre .. ".lora_A.weight"])
+            assert.are.same({ "F32", { e[3], 2 } }, got.tensors[pre .. ".lora_B.weight"])
+            n = n + 2
+         end
+      end
+      local count = 0
+      for _ in pairs(got.tensors) do count = count + 1 end
+      assert.are.equal(n, count)
+      -- load: onto a fresh base, and over existing adapters
+      local m2 = dpo.lora.load(dpo.gpt.load(basedir), dir)
+      assert.are.same(m:lora().modules, m2:lora().modules)
+      assert.are.equal(3 / 2, m2:lora().scale)
+      local _, P = m:named_parameters()
+      for _, np in ipairs(m2:named_parameters()) do assert(same_bits(np[2], P[np[1]]), np[1]) end
+      assert.is_true(same_bits(nolp(m2), nolp(m)))
+      h.errors(function() dpo.lora.load(dpo.lora.apply(dpo.gpt.load(basedir), { r = 2, target_modules = { "c_attn", "c_proj" } }), dir) end, "lora_alpha 3.0, the model.s adapters have 8.0")
+      local m3 = dpo.lora.apply(dpo.gpt.load(basedir), { r = 2, alpha = 3, target_modules = { "c_attn", "c_proj" } })
+      dpo.lora.load(m3, dir)
+      assert.is_true(same_bits(nolp(m3), nolp(m)))
+      h.errors(function() dpo.lora.load(dpo.lora.apply(dpo.gpt.load(basedir), { r = 3, target_modules = { "c_attn", "c_proj" } }), dir) end, "rank 2")
+      h.errors(function() dpo.lora.load(dpo.lora.apply(dpo.gpt.load(basedir), { r = 2 }), dir) end, "no adapter on")
+      -- a PEFT file for a module GPT-2 lacks
+      local bad = h.tmpdir()
+      h.write(bad .. "/adapter_config.json", '{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}')
+      dpo.save(bad .. "/adapter_model.safetensors", {
+         ["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = dpo.zeros(2, 8),
+         ["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"] = dpo.zeros(8, 2),
+      })
+      h.errors(function() dpo.lora.load(dpo.gpt.new(cfg), bad) end, "matches no linear module")
+      h.write(bad .. "/adapter_config.json", '{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "use_dora": true}')
+      h.errors(function() dpo.lora.load(dpo.gpt.new(cfg), bad) end, "use_dora is not supported")
+      h.errors(function() m:save(h.tmpdir()) end, "has adapters")
+   end)
+
+   it("generates with the adapters, with and without the cache", function()
+      local m = scramble(dpo.lora.apply(dpo.gpt.new(cfg), { r = 2, target_modules = "all-linear" }), 12)
+      local a = m:generate({ 1, 2, 3 }, { max_new_tokens = 6 })
+      local b = m:generate({ 1, 2, 3 }, { max_new_tokens = 6, use_cache = false })
+      assert.are.same(a:totable(), b:totable())
+      local ref = reference(m, ids_tensor{ { 1, 2, 3, 4 } }, ids_tensor{ { 0, 0, 0, 1 } })
+      local logits = m:next_logits({ 1, 2, 3 })
+      assert(close(logits:log_softmax(1):narrow(1, 5, 1), ref:detach(), 1e-4, 1e-5))
+      local off = dpo.lora.disabled(m, function() return m:generate({ 1, 2, 3 }, { max_new_tokens = 6 }) end)
+      local plain = dpo.gpt.new(cfg)
+      dpo.no_grad(function()
+         local _, P = m:named_parameters(true)
+         for _, np in ipairs(plain:named_parameters()) do np[2]:copy(P[np[1]]) end
+      end)
+      assert.are.same(plain:generate({ 1, 2, 3 }, { max_new_tokens = 6 }):totable(), off:totable())
+   end)
+
+   it("clones with the adapters; a frozen clone records nothing", function()
+      local m = scramble(dpo.lora.apply(dpo.gpt.new(cfg), { r = 2, target_modules = "all-linear" }), 13)
+      local c, f = m:clone(), m:clone(true)
+      assert.is_true(same_bits(nolp(c), nolp(m)))
+      assert.is_true(same_bits(nolp(f), nolp(m)))
+      assert.are.equal(#m:parameters(), #c:parameters())
+      assert.is_false(f:logps(IDS, MASK):needs_grad())
+      assert.is_true(c:logps(IDS, MASK):needs_grad())
+   end)
+
+   it("refuses misuse with messages naming it", function()
+      local m = dpo.gpt.new(cfg)
+      h.errors(function() dpo.lora.apply(m, { rank = 4 }) end, "unknown option 'rank'")
+      h.errors(function() dpo.lora.apply(m, { r = 0 }) end, "r must be a positive integer")
+      h.errors(function() dpo.lora.apply(m, { dropout = 1 }) end, "dropout must be in")
+      h.errors(function() dpo.lora.apply(m, { target_modules = { "q_proj" } }) end, "'q_proj' matches no linear module")
+      h.errors(function() dpo.lora.apply(m, { target_modules = {} }) end, "target_modules must be")
+      h.errors(function() dpo.lora.apply(42) end, "expected a model")
+      h.errors(function() dpo.lora.disabled(m, function() end) end, "has no adapters")
+      h.errors(function() dpo.lora.save(m, h.tmpdir()) end, "has no adapters")
+      dpo.lora.apply(m, {})
+      h.errors(function() dpo.lora.apply(m, {}) end, "adapters already")
+      h.errors(function() dpo.lora.disabled(m, 3) end, "expected a function")
+      h.errors(function() dpo.lora.load(m, h.tmpdir()) end, "adapter_config.json")
+      h.errors(function() m:lora_apply{ r = 2, target_modules = 7 } end, "target_modules")
+   end)
+end)
