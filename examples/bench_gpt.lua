@@ -3,6 +3,7 @@
 --
 --   dpolua examples/bench_gpt.lua [--configs tiny,small,gpt2] [--steps 5]
 --                                 [--peer path/to/torch_dpo_step.py] [--no-peer]
+--                                 [--lora R]
 --
 -- A step: policy logps forward and backward on B chosen + B rejected rows of
 -- T tokens (a shared prompt of T/2 tokens, completions scored), reference
@@ -11,6 +12,10 @@
 -- median ms/step over the timed steps (2 warm-up steps excluded), policy
 -- tokens/s, achieved GFLOP/s (the peer's FLOP count, so the figures compare),
 -- that over the sgemm GFLOP/s measured here, and peak RSS.
+-- With --lora R each config also runs with rank-R adapters on every linear
+-- module (dpo.lora, alpha = 2R) instead of the full fine-tune: the base is
+-- frozen, the reference is the same model with the adapters off (no copy),
+-- AdamW holds only the adapters; the ratio row compares it with the full run.
 local core = require "dpo.core"
 
 local configs = {
@@ -20,7 +25,7 @@ local configs = {
 }
 local order = { "tiny", "small", "gpt2" }
 
-local opts = { configs = "tiny,small,gpt2", steps = 5, peer = nil, child = nil }
+local opts = { configs = "tiny,small,gpt2", steps = 5, peer = nil, child = nil, lora = nil }
 do
    local i = 1
    while arg and arg[i] do
@@ -40,6 +45,7 @@ do
       i = i + 1
    end
    opts.steps = tonumber(opts.steps)
+   opts.lora = opts.lora and math.tointeger(tonumber(opts.lora))
 end
 
 local function flops_per_step(c)
@@ -71,6 +77,18 @@ local function run_child(name)
    local policy = dpo.gpt.new{ vocab_size = c.V, n_ctx = c.T + 1, n_layer = c.L, n_head = c.H,
       n_embd = c.C, seed = 1234 }
    local reference = policy:clone(true)
+   local ref_logps = function(ids, mask) return reference:logps(ids, mask) end
+   if opts.lora then
+      reference = nil
+      dpo.lora.apply(policy, { r = opts.lora, alpha = 2 * opts.lora, target_modules = "all-linear" })
+      -- B = 0 would make the first steps' loss flat: start from small adapters
+      dpo.no_grad(function()
+         for _, p in ipairs(policy:parameters()) do p:copy(dpo.randn(p:shape()) * 0.01) end
+      end)
+      ref_logps = function(ids, mask)
+         return dpo.lora.disabled(policy, policy.logps, policy, ids, mask)
+      end
+   end
    local opt = dpo.optim.adamw(policy:parameters(), { lr = 1e-5, weight_decay = 0 })
    local P, T, B = c.T // 2, c.T, c.B
    local prompt = dpo.randint(0, c.V, B, P)
@@ -81,7 +99,7 @@ local function run_child(name)
    mask:narrow(2, P + 1, T + 1 - P):fill(1) -- completion tokens
    local beta = 0.1
    local function step()
-      local ref = dpo.no_grad(function() return reference:logps(ids, mask) end)
+      local ref = dpo.no_grad(function() return ref_logps(ids, mask) end)
       local pol = policy:logps(ids, mask)
       local logits = (pol:narrow(1, 1, B) - ref:narrow(1, 1, B))
          - (pol:narrow(1, B + 1, B) - ref:narrow(1, B + 1, B))
@@ -142,15 +160,24 @@ for name in opts.configs:gmatch("[^,]+") do
    local c = assert(configs[name], "unknown config " .. name)
    local flops = flops_per_step(c)
    local tokens = 2 * c.B * c.T
-   local out = run(string.format("%s %s --child %s --steps %d", shell_quote(exe), shell_quote(script),
-      name, opts.steps))
-   local ms, lf, ll, rss = out:match("RESULT ms=([%d.]+) loss_first=([%d.-]+) loss_last=([%d.-]+) rss=([%d.]+)")
-   if not ms then error("bench_gpt: the " .. name .. " run failed:\n" .. out) end
-   ms = tonumber(ms)
+   local function child(extra)
+      local out = run(string.format("%s %s --child %s --steps %d%s", shell_quote(exe), shell_quote(script),
+         name, opts.steps, extra or ""))
+      local ms, lf, ll, rss = out:match("RESULT ms=([%d.]+) loss_first=([%d.-]+) loss_last=([%d.-]+) rss=([%d.]+)")
+      if not ms then error("bench_gpt: the " .. name .. " run failed:\n" .. out) end
+      return tonumber(ms), tonumber(lf), tonumber(ll), tonumber(rss)
+   end
+   local ms, lf, ll, rss = child()
    local ours_tps = tokens / (ms / 1e3)
    print(string.format("%-6s %-8s %10.1f %10.0f %9.1f %6.0f%% %9.0f %4.2f>%4.2f", name, "dpolua", ms,
-      ours_tps, flops / (ms / 1e3) / 1e9, 100 * flops / (ms / 1e3) / 1e9 / sg, tonumber(rss),
-      tonumber(lf), tonumber(ll)))
+      ours_tps, flops / (ms / 1e3) / 1e9, 100 * flops / (ms / 1e3) / 1e9 / sg, rss, lf, ll))
+   if opts.lora then
+      local lms, llf, lll, lrss = child(" --lora " .. opts.lora)
+      print(string.format("%-6s %-8s %10.1f %10.0f %9s %7s %9.0f %4.2f>%4.2f", name, "lora r" .. opts.lora,
+         lms, tokens / (lms / 1e3), "", "", lrss, llf, lll))
+      print(string.format("%-6s %-8s %9.2fx %10s %9s %7s %8.2fx", name, "lora/full", lms / ms, "", "", "",
+         lrss / rss))
+   end
    if have_peer then
       local pout = run(string.format("%s %s --V %d --L %d --H %d --C %d --T %d --B %d --threads %d --steps %d",
          python, shell_quote(peer), c.V, c.L, c.H, c.C, c.T, c.B, threads, opts.steps))
