@@ -6,6 +6,7 @@
 **   m:logps(ids, mask) -> logps [N], counts [N]
 **   m:parameters(), m:named_parameters([all]), m:num_params(), m:config()
 **   m:lora_apply(opts), m:lora(), m:lora_enable(on), m:lora_merge()  (lua/dpo/lora.lua)
+**   m:base_hash()
 **   m:clone(), m:freeze(), m:train([on]), m:eval(), m:is_training(),
 **   m:is_frozen(), m:zero_grad(), m:next_logits(ids), m:generate(ids, opts)
 **
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #define GPT_MT "dpo.GPT"
 
@@ -480,6 +482,31 @@ static int l_lora_enable(lua_State *L) {
     return 1;
 }
 
+/*
+** m:base_hash() -> "crc32:xxxxxxxx-adler32:xxxxxxxx": checksums (zlib's) of
+** the config and the base weights' bytes, not the adapters: a LoRA
+** checkpoint names the base it was trained on.
+*/
+static int l_base_hash(lua_State *L) {
+    dpo_gpt *m = checkgpt(L, 1);
+    const dpo_gpt_config *c = dpo_gpt_cfg(m);
+    int dims[5] = {c->vocab_size, c->n_ctx, c->n_layer, c->n_head, c->n_embd};
+    const unsigned char *p = (const unsigned char *)dpo_gpt_params(m);
+    size_t n = dpo_gpt_num_params(m) * sizeof(float);
+    uLong crc = crc32(0L, (const Bytef *)dims, sizeof dims),
+          ad = adler32(1L, (const Bytef *)dims, sizeof dims);
+    while (n > 0) { /* zlib takes uInt lengths */
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = crc32(crc, p, k);
+        ad = adler32(ad, p, k);
+        p += k, n -= k;
+    }
+    char buf[48];
+    snprintf(buf, sizeof buf, "crc32:%08x-adler32:%08x", (unsigned)crc, (unsigned)ad);
+    lua_pushstring(L, buf);
+    return 1;
+}
+
 /* m:lora_merge() -> m: adapters folded into the base weights, which train again */
 static int l_lora_merge(lua_State *L) {
     dpo_error e;
@@ -605,6 +632,7 @@ static const luaL_Reg meta[] = {
 };
 
 static const luaL_Reg methods[] = {
+    {"base_hash", l_base_hash},
     {"clone", l_clone},
     {"config", l_config},
     {"dropout_state", l_dropout_state},

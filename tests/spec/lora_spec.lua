@@ -297,6 +297,12 @@ describe("dpo.lora", function()
             assert(same_bits(np[2], base[np[1]]), np[1] .. " changed")
          end
       end
+      -- the base's hash names the base, not the adapters
+      local plain = dpo.gpt.new(cfg)
+      assert.are.equal(plain:base_hash(), m:base_hash())
+      assert.matches("^crc32:%x+%-adler32:%x+$", m:base_hash())
+      dpo.no_grad(function() plain:parameters()[3]:reshape(-1)[5] = 0.5 end)
+      assert.are_not.equal(plain:base_hash(), m:base_hash())
       -- disabled: the base's logps exactly; the adapters are back afterwards
       local off = dpo.lora.disabled(m, nolp, m)
       assert.is_true(same_bits(off, base_lp))

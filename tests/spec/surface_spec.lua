@@ -1383,6 +1383,7 @@ case("dpo.GPT.lora_apply", {
    end,
 })
 case("dpo.GPT.lora", { args = { SELF_MODEL() } })
+case("dpo.GPT.base_hash", { args = { SELF_MODEL() } })
 case("dpo.GPT.lora_enable", {
    args = { LORA_MODEL, S.any(false) },
    check = function(was) assert.is_true(was) end,
