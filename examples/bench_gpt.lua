@@ -109,15 +109,15 @@ local function run_child(name)
       opt:step()
       return loss:item()
    end
-   local times, first, last = {}, nil, nil
+   local times, cpu, first, last = {}, {}, nil, nil
    for i = 1, 2 + opts.steps do
-      local t0 = dpo.clock()
+      local t0, c0 = dpo.clock(), os.clock()
       last = step()
       first = first or last
-      if i > 2 then times[#times + 1] = dpo.clock() - t0 end
+      if i > 2 then times[#times + 1], cpu[#cpu + 1] = dpo.clock() - t0, os.clock() - c0 end
    end
-   print(string.format("RESULT ms=%.1f loss_first=%.4f loss_last=%.4f rss=%.0f params=%d",
-      median(times) * 1e3, first, last, peak_rss_mib(), policy:num_params()))
+   print(string.format("RESULT ms=%.1f loss_first=%.4f loss_last=%.4f rss=%.0f params=%d cpu=%.1f",
+      median(times) * 1e3, first, last, peak_rss_mib(), policy:num_params(), median(cpu) * 1e3))
 end
 
 if opts.child then
@@ -165,18 +165,19 @@ for name in opts.configs:gmatch("[^,]+") do
          name, opts.steps, extra or ""))
       local ms, lf, ll, rss = out:match("RESULT ms=([%d.]+) loss_first=([%d.-]+) loss_last=([%d.-]+) rss=([%d.]+)")
       if not ms then error("bench_gpt: the " .. name .. " run failed:\n" .. out) end
-      return tonumber(ms), tonumber(lf), tonumber(ll), tonumber(rss)
+      return tonumber(ms), tonumber(lf), tonumber(ll), tonumber(rss), tonumber(out:match("cpu=([%d.]+)"))
    end
-   local ms, lf, ll, rss = child()
+   local ms, lf, ll, rss, cpu = child()
    local ours_tps = tokens / (ms / 1e3)
    print(string.format("%-6s %-8s %10.1f %10.0f %9.1f %6.0f%% %9.0f %4.2f>%4.2f", name, "dpolua", ms,
       ours_tps, flops / (ms / 1e3) / 1e9, 100 * flops / (ms / 1e3) / 1e9 / sg, rss, lf, ll))
    if opts.lora then
-      local lms, llf, lll, lrss = child(" --lora " .. opts.lora)
+      local lms, llf, lll, lrss, lcpu = child(" --lora " .. opts.lora)
       print(string.format("%-6s %-8s %10.1f %10.0f %9s %7s %9.0f %4.2f>%4.2f", name, "lora r" .. opts.lora,
          lms, tokens / (lms / 1e3), "", "", lrss, llf, lll))
-      print(string.format("%-6s %-8s %9.2fx %10s %9s %7s %8.2fx", name, "lora/full", lms / ms, "", "", "",
-         lrss / rss))
+      -- CPU seconds as well: on a shared machine they vary less than wall time
+      print(string.format("%-6s %-8s %9.2fx %10s %9s %7s %8.2fx  (CPU time/step %.2fx: %.0f vs %.0f ms)",
+         name, "lora/full", lms / ms, "", "", "", lrss / rss, lcpu / cpu, lcpu, cpu))
    end
    if have_peer then
       local pout = run(string.format("%s %s --V %d --L %d --H %d --C %d --T %d --B %d --threads %d --steps %d",
