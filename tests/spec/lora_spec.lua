@@ -454,3 +454,99 @@ print(json.dumps(out))
       h.errors(function() m:lora_apply{ r = 2, target_modules = 7 } end, "target_modules")
    end)
 end)
+
+describe("dpo.train.dpo with adapters", function()
+   teardown(function() h.cleanup() end)
+   local WORDS = { "red", "blue", "green", "cat", "dog", "sun", "moon", "tree" }
+   local function pairs_list(n, offset)
+      local list = {}
+      for i = 1, n do
+         local w = WORDS[(i + (offset or 0)) % #WORDS + 1]
+         list[i] = { prompt = "\n\nHuman: say " .. w .. "\n\nAssistant:", chosen = " " .. w .. ".",
+                     rejected = " no, go away!" }
+      end
+      return list
+   end
+   local tok = dpo.tokenizer.bytes()
+   local TOKOPTS = { max_length = 48, max_prompt_length = 32 }
+   local train_ds = dpo.data.dataset(pairs_list(32)):tokenize(tok, TOKOPTS)
+   local test_ds = dpo.data.dataset(pairs_list(8, 3)):tokenize(tok, TOKOPTS)
+   local function base(seed)
+      return dpo.gpt.new{ vocab_size = tok:vocab_size(), n_ctx = 48, n_layer = 2, n_head = 2, n_embd = 16,
+                          seed = seed or 1 }
+   end
+   local function adapted(seed)
+      return dpo.lora.apply(base(seed), { r = 4, alpha = 8, target_modules = "all-linear", seed = 2 })
+   end
+   local function opts(policy, extra)
+      local o = { policy = policy, data = train_ds, eval_data = test_ds, batch_size = 4, max_steps = 6,
+                  lr = 1e-2, beta = 0.5, quiet = true, eval_first = false }
+      for k, v in pairs(extra or {}) do o[k] = v end
+      return o
+   end
+   local function adapters(m)
+      local out = {}
+      for _, np in ipairs(m:named_parameters()) do out[np[1]] = np[2]:clone() end
+      return out
+   end
+   local function same_adapters(a, b)
+      for k, t in pairs(a) do
+         if not same_bits(t, b[k]) then return false, k end
+      end
+      return true
+   end
+
+   it("uses the base as the reference, keeps no copy, and trains as a frozen copy would", function()
+      local m = adapted()
+      local r = dpo.train.dpo(opts(m))
+      assert.is_nil(r.ref) -- no reference model kept
+      assert.are.equal(2 * 4 * 2, #r.optimizer.params)
+      assert.is_true(r.eval["eval/rewards/accuracies"] > 0.5)
+      -- the same run against an explicit frozen copy of the base goes through
+      -- the same numbers
+      local m2 = adapted()
+      dpo.train.dpo(opts(m2, { ref = base():freeze() }))
+      assert(same_adapters(adapters(m), adapters(m2)))
+      -- (precomputed in batches of another size: the same to rounding)
+      local m3 = adapted()
+      dpo.train.dpo(opts(m3, { precompute_ref = true, ref_cache = h.tmpdir() }))
+      local a, b = adapters(m), adapters(m3)
+      for k, t in pairs(a) do assert(close(b[k], t, 1e-4, 1e-3), k) end
+      -- the base never moved
+      local _, P = m:named_parameters(true)
+      for _, np in ipairs(base():named_parameters()) do assert(same_bits(np[2], P[np[1]]), np[1]) end
+      h.errors(function() dpo.train.dpo(opts(base(), { ref = "base" })) end, "has none")
+   end)
+
+   it("runs TR-DPO on the merged weights", function()
+      local m = adapted()
+      local r = dpo.train.dpo(opts(m, { sync_ref = { tau = 2, alpha = 0.5 } }))
+      assert.is_nil(r.ref:lora())
+      -- after the last sync (step 6), ref = 0.5 * merged policy + 0.5 * the ref of step 4: not the base
+      assert.are_not.equal(base():base_hash(), r.ref:base_hash())
+      h.errors(function() dpo.train.dpo(opts(adapted(), { ref = "base", sync_ref = { tau = 2 } })) end,
+         "sync_ref")
+   end)
+
+   it("checkpoints the adapters and their optimizer state only, and resumes exactly", function()
+      local out = h.tmpdir() .. "/run"
+      local m = adapted()
+      dpo.train.dpo(opts(m, { out = out, save_every = 2, tokenizer = tok, ref_source = "the/base" }))
+      local ck = out .. "/checkpoint-2"
+      assert.are.same({ "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+                        "tokenizer.json", "trainer_state.json" }, h.listing(ck))
+      local st = require("cjson").decode(h.read(ck .. "/trainer_state.json"))
+      assert.are.equal(m:base_hash(), st.lora.base_hash)
+      assert.are.equal("the/base", st.lora.base)
+      local c = dpo.train.load_checkpoint(ck)
+      assert.is_nil(c.model)
+      assert.are.equal(ck, c.adapters)
+      -- a fresh base goes on from step 2 to the same adapters
+      local m2 = base()
+      dpo.train.dpo(opts(m2, { resume = ck, tokenizer = tok, ref_source = "the/base" }))
+      assert(same_adapters(adapters(m), adapters(m2)))
+      -- another base is refused
+      h.errors(function() dpo.train.dpo(opts(base(7), { resume = ck })) end, "another base model")
+   end)
+end)
+
