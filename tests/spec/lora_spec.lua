@@ -550,3 +550,45 @@ describe("dpo.train.dpo with adapters", function()
    end)
 end)
 
+
+describe("recipes/hh.lua --lora.r", function()
+   teardown(function() h.cleanup() end)
+   local function run(args)
+      local out = os.tmpname()
+      local parts = { "env -u LUA_INIT -u LUA_INIT_5_4", h.quote(h.DPOLUA), "recipes/hh.lua" }
+      for _, a in ipairs(args) do parts[#parts + 1] = h.quote(a) end
+      local _, _, code = os.execute(table.concat(parts, " ") .. " </dev/null >" .. out .. " 2>&1")
+      local text = h.read(out)
+      os.remove(out)
+      return code, text
+   end
+
+   it("trains adapters in the DPO phase, saves them in PEFT's layout, merges, and resumes exactly", function()
+      local dir = h.tmpdir() .. "/run"
+      local args = { "--out=" .. dir, "--sft.steps=4", "--dpo.steps=4", "--eval_pairs=16", "--samples=1",
+                     "--max_new_tokens=4", "--eval_every=0", "--save_every=2", "--progress=off",
+                     "--lora.r=4", "--lora.targets=c_attn,c_fc", "--lora.merge" }
+      local code, text = run(args)
+      assert.are.equal(0, code, text)
+      assert.matches("LoRA: rank 4, alpha 16 on 4 modules", text, 1, true)
+      assert.are.same({ "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+                        "tokenizer.json", "trainer_state.json" }, h.listing(dir .. "/checkpoint-8"))
+      assert.are.same({ "config.json", "model.safetensors", "tokenizer.json" }, h.listing(dir .. "/merged"))
+      local conf = require("cjson").decode(h.read(dir .. "/checkpoint-8/adapter_config.json"))
+      assert.are.same({ "c_attn", "c_fc" }, conf.target_modules)
+      assert.are.equal(dir .. "/checkpoint-4", conf.base_model_name_or_path) -- the SFT model
+      -- the merged model is the SFT checkpoint with the adapters folded in
+      local m = dpo.lora.load(dpo.gpt.load(dir .. "/checkpoint-4"), dir .. "/checkpoint-8")
+      local merged = dpo.gpt.load(dir .. "/merged")
+      local ids = dpo.tensor({ { 5, 9, 1, 30, 2, 7, 7, 14 } }, "int32")
+      local mask = dpo.tensor({ { 0, 0, 1, 1, 1, 1, 1, 1 } }, "int32")
+      assert(close(nolp(merged, ids, mask), nolp(m, ids, mask), 1e-5, 0))
+      -- resuming from the DPO phase's middle ends with the same adapters
+      local want = h.read(dir .. "/checkpoint-8/adapter_model.safetensors")
+      require("dpo.log").rmtree(dir .. "/checkpoint-8")
+      code, text = run({ "--resume=" .. dir, "--progress=off" })
+      assert.are.equal(0, code, text)
+      assert.matches("resuming dpo at step 2 of 4", text, 1, true)
+      assert.are.equal(want, h.read(dir .. "/checkpoint-8/adapter_model.safetensors"))
+   end)
+end)
