@@ -76,10 +76,9 @@ local function run_child(name)
    dpo.manual_seed(1234)
    local policy = dpo.gpt.new{ vocab_size = c.V, n_ctx = c.T + 1, n_layer = c.L, n_head = c.H,
       n_embd = c.C, seed = 1234 }
-   local reference = policy:clone(true)
+   local reference = not opts.lora and policy:clone(true) or nil
    local ref_logps = function(ids, mask) return reference:logps(ids, mask) end
    if opts.lora then
-      reference = nil
       dpo.lora.apply(policy, { r = opts.lora, alpha = 2 * opts.lora, target_modules = "all-linear" })
       -- B = 0 would make the first steps' loss flat: start from small adapters
       dpo.no_grad(function()
