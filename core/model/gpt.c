@@ -533,12 +533,13 @@ static void matmul_forward(float *out, const float *inp, const float *w, const f
 }
 
 /* dinp = dout @ w^T (overwritten); dw += inp^T @ dout; db += column sums of dout
-   (dw, db NULL: a frozen weight, no gradient) */
+   (dw, db NULL: a frozen weight, no gradient; dinp NULL: not needed) */
 static void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, const float *ones, int Nt, int C, int OC) {
     if (Nt == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, C, OC, 1.0f, dout, OC, w, OC, 0.0f,
-                dinp, C);
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, C, OC, 1.0f, dout, OC, w, OC, 0.0f,
+                    dinp, C);
     if (!dw) return;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, Nt, 1.0f, inp, C, dout, OC, 1.0f,
                 dw, OC);
@@ -1142,10 +1143,13 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         if (drop) pk.drop = p, pk.seed = b->att_seed;
         attention_backward(m->dqkv, m->datty, b->att, b->qkv, &pk, C, NH, m->datt_scratch,
                            m->scratch_per_thread);
+        if (l == lowest && !G) { /* nothing below needs a gradient: the adapter's own only */
+            lora_bwd(m, l, LIN_QKV, NULL, m->dqkv, b->ln1);
+            return;
+        }
         matmul_backward(m->dln, G_(m, l, P_QKV_W), G_(m, l, P_QKV_B), m->dqkv, b->ln1,
                         P_(m, l, P_QKV_W), m->ones, Nt, C, 3 * C);
         lora_bwd(m, l, LIN_QKV, m->dln, m->dqkv, b->ln1);
-        if (l == lowest && !G) return; /* nothing below needs a gradient */
         layernorm_backward(m->dres, G_(m, l, P_LN1_W), G_(m, l, P_LN1_B), m->dln, x,
                            P_(m, l, P_LN1_W), b->ln1_mean, b->ln1_rstd, Nt, C);
     }

@@ -271,6 +271,7 @@ void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const flo
                     dA, in);
     }
     /* dx [Nt, in] += dropout'(du A) */
+    if (!dx) return;
     if (!drop) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, in, r, 1.0f, du, r, A, in, 1.0f,
                     dx, in);

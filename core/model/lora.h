@@ -94,7 +94,8 @@ void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *u, fl
 ** [Nt, r] of the forward, accumulates dB += s dy^T u, dA += du^T dropout(x)
 ** (du = s dy B, into scratch du [Nt, r]) and dx [Nt, in] += dropout'(du A).
 ** drop: whether the forward used dropout (its masks are regenerated; xd
-** [Nt, in] scratch then). Without a gradient arena only dx is computed.
+** [Nt, in] scratch then). Without a gradient arena only dx is computed;
+** with dx NULL (no input gradient wanted) only dA and dB.
 */
 void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const float *x,
                        const float *u, float *du, float *xd, int Nt, int drop);
