@@ -17,6 +17,15 @@
 ** regenerated from a per-site seed, never stored. Buffers belong to the
 ** caller (its activation arena): nothing is allocated in a step.
 **
+** A model adopting adapters (gpt.c is the example): maps each of its linear
+** modules to a site index or -1 (dpo_lora_matches for PEFT's target names);
+** frees its base gradient arena and skips every dW / db / norm / embedding
+** gradient when adapters train; lays out u [Nt, r] per adapted module and
+** layer, plus xd [Nt, max in] and du [Nt, r] scratch, in its activation
+** arena; calls dpo_lora_forward after each adapted product and
+** dpo_lora_backward after each adapted input gradient; merges with
+** dpo_lora_merge (fan_in_fan_out for [in, out] weights).
+**
 ** Ownership: refcounted; tensors from dpo_lora_tensor keep the set alive.
 ** Errors as everywhere in the engine: a status or NULL, and a dpo_error.
 */

@@ -36,6 +36,10 @@
 --   dpo.lora.config(model) -> nil | {r, alpha, dropout, use_rslora, scale,
 --       enabled, modules, target_modules, num_params, fan_in_fan_out}
 --
+-- Any model type works here whose binding has the methods core/bind/l_gpt.c
+-- gives GPT-2: lora_apply, lora, lora_enable, lora_merge, base_hash and
+-- named_parameters(all).
+--
 -- Unsupported parts of PEFT's format are errors, not silently dropped:
 -- bias other than "none", modules_to_save, layers_to_transform,
 -- rank_pattern, alpha_pattern, use_dora.
@@ -109,9 +113,11 @@ function lora.apply(model, opts)
    if opts.use_rslora ~= nil and type(opts.use_rslora) ~= "boolean" then
       error(("dpo.lora.apply: use_rslora must be a boolean (got %s)"):format(type(opts.use_rslora)), 2)
    end
-   local targets = opts.target_modules or { "c_attn" } -- PEFT's default for GPT-2
+   -- PEFT's default for GPT-2 (c_attn); another model's binding picks its own
+   local targets = opts.target_modules
+   if targets == nil and (getmetatable(model) or {}).__name == "dpo.GPT" then targets = { "c_attn" } end
    if type(targets) == "string" and targets ~= "all-linear" then targets = { targets } end
-   if type(targets) ~= "string" then
+   if targets ~= nil and type(targets) ~= "string" then
       if type(targets) ~= "table" or #targets == 0 then
          error("dpo.lora.apply: target_modules must be a list of module names or \"all-linear\"", 2)
       end
