@@ -5,6 +5,7 @@
 --
 --   dpolua examples/bench_gpt.lua [--configs tiny,small,gpt2,smollm] [--steps 5]
 --                                 [--peer path/to/torch_dpo_step.py] [--no-peer]
+--                                 [--lora R]
 --
 -- A step: policy logps forward and backward on B chosen + B rejected rows of
 -- T tokens (a shared prompt of T/2 tokens, completions scored), reference
@@ -13,6 +14,10 @@
 -- median ms/step over the timed steps (2 warm-up steps excluded), policy
 -- tokens/s, achieved GFLOP/s (the peer's FLOP count, so the figures compare),
 -- that over the sgemm GFLOP/s measured here, and peak RSS.
+-- With --lora R each config also runs with rank-R adapters on every linear
+-- module (dpo.lora, alpha = 2R) instead of the full fine-tune: the base is
+-- frozen, the reference is the same model with the adapters off (no copy),
+-- AdamW holds only the adapters; the ratio row compares it with the full run.
 local core = require "dpo.core"
 
 local configs = {
@@ -24,7 +29,7 @@ local configs = {
 }
 local order = { "tiny", "small", "gpt2", "smollm" }
 
-local opts = { configs = "tiny,small,gpt2", steps = 5, peer = nil, child = nil }
+local opts = { configs = "tiny,small,gpt2", steps = 5, peer = nil, child = nil, lora = nil }
 do
    local i = 1
    while arg and arg[i] do
@@ -44,6 +49,7 @@ do
       i = i + 1
    end
    opts.steps = tonumber(opts.steps)
+   opts.lora = opts.lora and math.tointeger(tonumber(opts.lora))
 end
 
 -- the peer's count: parameters in products (the tied head once), attention over T x T
@@ -87,7 +93,18 @@ local function run_child(name)
       policy = dpo.gpt.new{ vocab_size = c.V, n_ctx = c.T + 1, n_layer = c.L, n_head = c.H,
          n_embd = c.C, seed = 1234 }
    end
-   local reference = policy:clone(true)
+   local reference = not opts.lora and policy:clone(true) or nil
+   local ref_logps = function(ids, mask) return reference:logps(ids, mask) end
+   if opts.lora then
+      dpo.lora.apply(policy, { r = opts.lora, alpha = 2 * opts.lora, target_modules = "all-linear" })
+      -- B = 0 would make the first steps' loss flat: start from small adapters
+      dpo.no_grad(function()
+         for _, p in ipairs(policy:parameters()) do p:copy(dpo.randn(p:shape()) * 0.01) end
+      end)
+      ref_logps = function(ids, mask)
+         return dpo.lora.disabled(policy, policy.logps, policy, ids, mask)
+      end
+   end
    local opt = dpo.optim.adamw(policy:parameters(), { lr = 1e-5, weight_decay = 0 })
    local P, T, B = c.T // 2, c.T, c.B
    local prompt = dpo.randint(0, c.V, B, P)
@@ -98,7 +115,7 @@ local function run_child(name)
    mask:narrow(2, P + 1, T + 1 - P):fill(1) -- completion tokens
    local beta = 0.1
    local function step()
-      local ref = dpo.no_grad(function() return reference:logps(ids, mask) end)
+      local ref = dpo.no_grad(function() return ref_logps(ids, mask) end)
       local pol = policy:logps(ids, mask)
       local logits = (pol:narrow(1, 1, B) - ref:narrow(1, 1, B))
          - (pol:narrow(1, B + 1, B) - ref:narrow(1, B + 1, B))
@@ -108,15 +125,15 @@ local function run_child(name)
       opt:step()
       return loss:item()
    end
-   local times, first, last = {}, nil, nil
+   local times, cpu, first, last = {}, {}, nil, nil
    for i = 1, 2 + opts.steps do
-      local t0 = dpo.clock()
+      local t0, c0 = dpo.clock(), os.clock()
       last = step()
       first = first or last
-      if i > 2 then times[#times + 1] = dpo.clock() - t0 end
+      if i > 2 then times[#times + 1], cpu[#cpu + 1] = dpo.clock() - t0, os.clock() - c0 end
    end
-   print(string.format("RESULT ms=%.1f loss_first=%.4f loss_last=%.4f rss=%.0f params=%d",
-      median(times) * 1e3, first, last, peak_rss_mib(), policy:num_params()))
+   print(string.format("RESULT ms=%.1f loss_first=%.4f loss_last=%.4f rss=%.0f params=%d cpu=%.1f",
+      median(times) * 1e3, first, last, peak_rss_mib(), policy:num_params(), median(cpu) * 1e3))
 end
 
 if opts.child then
@@ -159,15 +176,25 @@ for name in opts.configs:gmatch("[^,]+") do
    local c = assert(configs[name], "unknown config " .. name)
    local flops = flops_per_step(c)
    local tokens = 2 * c.B * c.T
-   local out = run(string.format("%s %s --child %s --steps %d", shell_quote(exe), shell_quote(script),
-      name, opts.steps))
-   local ms, lf, ll, rss = out:match("RESULT ms=([%d.]+) loss_first=([%d.-]+) loss_last=([%d.-]+) rss=([%d.]+)")
-   if not ms then error("bench_gpt: the " .. name .. " run failed:\n" .. out) end
-   ms = tonumber(ms)
+   local function child(extra)
+      local out = run(string.format("%s %s --child %s --steps %d%s", shell_quote(exe), shell_quote(script),
+         name, opts.steps, extra or ""))
+      local ms, lf, ll, rss = out:match("RESULT ms=([%d.]+) loss_first=([%d.-]+) loss_last=([%d.-]+) rss=([%d.]+)")
+      if not ms then error("bench_gpt: the " .. name .. " run failed:\n" .. out) end
+      return tonumber(ms), tonumber(lf), tonumber(ll), tonumber(rss), tonumber(out:match("cpu=([%d.]+)"))
+   end
+   local ms, lf, ll, rss, cpu = child()
    local ours_tps = tokens / (ms / 1e3)
    print(string.format("%-6s %-8s %10.1f %10.0f %9.1f %6.0f%% %9.0f %4.2f>%4.2f", name, "dpolua", ms,
-      ours_tps, flops / (ms / 1e3) / 1e9, 100 * flops / (ms / 1e3) / 1e9 / sg, tonumber(rss),
-      tonumber(lf), tonumber(ll)))
+      ours_tps, flops / (ms / 1e3) / 1e9, 100 * flops / (ms / 1e3) / 1e9 / sg, rss, lf, ll))
+   if opts.lora then
+      local lms, llf, lll, lrss, lcpu = child(" --lora " .. opts.lora)
+      print(string.format("%-6s %-8s %10.1f %10.0f %9s %7s %9.0f %4.2f>%4.2f", name, "lora r" .. opts.lora,
+         lms, tokens / (lms / 1e3), "", "", lrss, llf, lll))
+      -- CPU seconds as well: on a shared machine they vary less than wall time
+      print(string.format("%-6s %-8s %9.2fx %10s %9s %7s %8.2fx  (CPU time/step %.2fx: %.0f vs %.0f ms)",
+         name, "lora/full", lms / ms, "", "", "", lrss / rss, lcpu / cpu, lcpu, cpu))
+   end
    if have_peer then
       local arch = c.arch == "llama" and string.format(" --arch llama --KV %d --I %d", c.KV, c.I) or ""
       local pout = run(string.format("%s %s%s --V %d --L %d --H %d --C %d --T %d --B %d --threads %d --steps %d",

@@ -6,6 +6,12 @@
 -- 2. DPO: the SFT model is trained on the preference pairs, with a frozen copy
 --    of itself as the reference (or its log-probs precomputed, or a TR-DPO
 --    reference synced during training: --dpo.ref).
+--    With --lora.r=R the DPO phase trains rank-R LoRA adapters (dpo.lora) on
+--    the SFT model instead of every weight; the reference is then the SFT
+--    model itself with the adapters off, the DPO checkpoints hold the
+--    adapters in PEFT's layout (adapter_config.json,
+--    adapter_model.safetensors), and --lora.merge also writes OUT/merged, the
+--    SFT model with the adapters folded in (Hugging Face layout).
 -- 3. Evaluation on held-out pairs: a final table comparing the SFT and DPO
 --    models (reward accuracy and margins), and a few sample generations.
 --
@@ -112,6 +118,11 @@ M.spec = {
      "or TR-DPO syncing", choices = { "model", "precompute", "sync" } },
    { "dpo.sync_tau", 100, "TR-DPO: steps between reference syncs" },
    { "dpo.sync_alpha", 0.6, "TR-DPO: weight of the policy in a sync (1: a hard copy)" },
+   { "lora.r", 0, "DPO trains LoRA adapters of this rank instead of every weight (0: off)", type = "integer" },
+   { "lora.alpha", 16, "LoRA alpha: the adapters are scaled by alpha / r", type = "number" },
+   { "lora.dropout", 0.0, "dropout on the adapters' input while training", type = "number" },
+   { "lora.targets", "all-linear", "the modules adapted: all-linear, or a comma list of c_attn, c_proj, c_fc" },
+   { "lora.merge", false, "after DPO, also write the model with the adapters folded in to OUT/merged" },
 }
 
 -- ---- helpers ---------------------------------------------------------------------------
@@ -428,6 +439,24 @@ local function sft_phase(J)
    }), J.how_to_resume)
 end
 
+-- --lora.*: adapters on the model (the SFT model, as DPO begins).
+local function apply_lora(J)
+   local o = J.o
+   if o.lora.r < 0 then die("--lora.r must be >= 0") end
+   local targets = o.lora.targets
+   if targets ~= "all-linear" then
+      local list = {}
+      for name in targets:gmatch("[^,%s]+") do list[#list + 1] = name end
+      targets = list
+   end
+   local ok, err = pcall(dpo.lora.apply, J.model, { r = o.lora.r, alpha = o.lora.alpha,
+      dropout = o.lora.dropout, target_modules = targets, seed = o.seed })
+   if not ok then die(tostring(err)) end
+   local info = J.model:lora()
+   say("LoRA: rank %d, alpha %g on %d modules: %d trainable parameters (%.2f%% of %d)", info.r, info.alpha,
+       #info.modules, info.num_params, 100 * info.num_params / J.model:num_params(), J.model:num_params())
+end
+
 -- 2. DPO, the SFT model as the reference (or, resuming past it, its model).
 local function dpo_phase(J)
    local o, st, latest = J.o, J.st, J.latest
@@ -440,6 +469,10 @@ local function dpo_phase(J)
       optimizer = o.dpo.optimizer, lr = lr_schedule(o.dpo.lr, o.dpo.warmup), beta = o.dpo.beta,
       loss = o.dpo.loss, loss_options = loss_options,
    })
+   if o.lora.r ~= 0 then
+      apply_lora(J)
+      dpo_opts.ref = "base" -- the SFT model: the policy with its adapters off
+   end
    if o.dpo.ref == "precompute" then
       dpo_opts.precompute_ref = true
    elseif o.dpo.ref == "sync" then
@@ -447,12 +480,27 @@ local function dpo_phase(J)
       dpo_opts.sync_ref = { tau = o.dpo.sync_tau, alpha = o.dpo.sync_alpha }
    end
    if st and st.kind == "dpo" and st.complete then
-      take_weights(J, latest.model)
+      if latest.adapters then
+         local ok, err = pcall(dpo.lora.load, J.model, latest.adapters)
+         if not ok then die("cannot resume: " .. tostring(err)) end
+      else
+         take_weights(J, latest.model)
+      end
       say("done before: %s", latest.path)
       return { checkpoint = latest.path }
    end
    if st and st.kind == "dpo" then dpo_opts.resume = latest end
    return phase(dpo.train.dpo, dpo_opts, J.how_to_resume)
+end
+
+-- --lora.merge: OUT/merged, the model with its adapters folded in, and its tokenizer.
+local function write_merged(J)
+   local dir = J.run.dir .. "/merged"
+   local merged = dpo.lora.merge(J.model:clone(true))
+   local ok, err = pcall(merged.save, merged, dir)
+   if ok then ok, err = pcall(J.tok.save, J.tok, dir .. "/tokenizer.json") end
+   if not ok then die("cannot write the merged model: " .. tostring(err)) end
+   say("merged model: %s", dir)
 end
 
 -- 3. The held-out table: SFT and DPO, each against the SFT model and the
@@ -543,6 +591,7 @@ function M.main(argv, defaults)
 
    J.dpo = dpo_phase(J)
    stop_here(J, "after DPO", J.dpo.checkpoint)
+   if J.o.lora.merge and J.o.lora.r ~= 0 then write_merged(J) end
    -- the training is saved: from here Ctrl-C interrupts at once, as in any script
    dpo.release_signals()
 

@@ -25,7 +25,8 @@ run() { # name, then the recipe's options
         --max_new_tokens=4 --progress=off --out="$tmp/$name" "$@" >"$tmp/$name.log" 2>&1
     rc=$?
     if [ $rc -ne 0 ] || grep -q -e "Sanitizer" -e "runtime error" "$tmp/$name.log" ||
-        [ ! -f "$tmp/$name/checkpoint-6/model.safetensors" ]; then
+        { [ ! -f "$tmp/$name/checkpoint-6/model.safetensors" ] &&
+            [ ! -f "$tmp/$name/checkpoint-6/adapter_model.safetensors" ]; }; then
         echo "leak check $name ($*): FAILED (exit $rc)"
         cat "$tmp/$name.log"
         status=1
@@ -36,4 +37,5 @@ run() { # name, then the recipe's options
 
 run bytes --tiny.tokenizer=bytes
 run bpe --tiny.tokenizer=bpe --tiny.vocab_size=300 --dpo.ref=precompute --save_every=2
+run lora --tiny.tokenizer=bytes --lora.r=4 --lora.dropout=0.1 --lora.merge --save_every=2
 exit $status

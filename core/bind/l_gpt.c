@@ -4,13 +4,17 @@
 **   dpo.core.gpt_new{vocab_size=, n_ctx=, n_layer=, n_head=, n_embd=,
 **                    dropout=0, seed=0, layer_norm_epsilon=1e-5}
 **   m:logps(ids, mask) -> logps [N], counts [N]
-**   m:parameters(), m:named_parameters(), m:num_params(), m:config()
+**   m:parameters(), m:named_parameters([all]), m:num_params(), m:config()
+**   m:lora_apply(opts), m:lora(), m:lora_enable(on), m:lora_merge()  (lua/dpo/lora.lua)
+**   m:base_hash()
 **   m:clone(), m:freeze(), m:train([on]), m:eval(), m:is_training(),
 **   m:is_frozen(), m:zero_grad(), m:next_logits(ids), m:generate(ids, opts)
 **
 ** lua/dpo/gpt.lua adds loading and saving Hugging Face checkpoints.
 ** Parameter tensors are views of the model's arena: they keep the model
 ** alive, and their .grad is the matching view of the gradient arena.
+** With adapters, the trainable tensors are the adapters' A and B, named
+** "<module>.lora_A.weight" and "<module>.lora_B.weight"; the base is frozen.
 */
 #include "tensor/autograd.h"
 #include "model/gpt.h"
@@ -23,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #define GPT_MT "dpo.GPT"
 
@@ -168,50 +173,87 @@ static int l_tostring(lua_State *L) {
         snprintf(size, sizeof size, "%.1fM params", n / 1e6);
     else
         snprintf(size, sizeof size, "%.1fK params", n / 1e3);
-    lua_pushfstring(L, "dpo.GPT(layers=%d, heads=%d, d=%d, vocab=%d, ctx=%d, %s%s)", c->n_layer,
+    lua_pushfstring(L, "dpo.GPT(layers=%d, heads=%d, d=%d, vocab=%d, ctx=%d, %s%s%s)", c->n_layer,
                     c->n_head, c->n_embd, c->vocab_size, c->n_ctx, size,
-                    dpo_gpt_frozen(m) ? ", frozen" : "");
+                    dpo_gpt_lora(m) ? ", LoRA" : "", dpo_gpt_frozen(m) ? ", frozen" : "");
     return 1;
 }
 
-/* Parameter i as a tensor view; with its gradient view unless frozen. */
+/*
+** Tensor i of the model as a view, with its gradient view when it trains:
+** i < num_tensors, a base parameter; then the adapters' A and B in turn.
+*/
 static void push_param(lua_State *L, dpo_gpt *m, int i) {
     dpo_error e;
-    dpo_tensor *t = dpo_gpt_param_tensor(m, i, 0, &e);
-    if (t && !dpo_gpt_frozen(m)) {
-        t->grad = dpo_gpt_param_tensor(m, i, 1, &e);
+    int nb = dpo_gpt_num_tensors(m), base = i < nb;
+    dpo_lora *lo = dpo_gpt_lora(m);
+    dpo_tensor *t = base ? dpo_gpt_param_tensor(m, i, 0, &e) : dpo_lora_tensor(lo, i - nb, 0, &e);
+    if (t && !dpo_gpt_frozen(m) &&
+        (base ? dpo_gpt_base_trainable(m) : dpo_lora_grads(lo) != NULL)) {
+        t->grad = base ? dpo_gpt_param_tensor(m, i, 1, &e) : dpo_lora_tensor(lo, i - nb, 1, &e);
         t->requires_grad = 1;
     }
     dpo_l_pushtensor(L, t, &e, 0);
 }
 
-/* m:parameters() -> list of tensors in Hugging Face order */
+/* The name of tensor i (as push_param numbers them) on the stack. */
+static void push_param_name(lua_State *L, dpo_gpt *m, int i) {
+    int nb = dpo_gpt_num_tensors(m);
+    if (i < nb) {
+        lua_pushstring(L, dpo_gpt_param_info(m, i)->name);
+        return;
+    }
+    i -= nb;
+    lua_pushfstring(L, "%s.lora_%s.weight", dpo_lora_site_info(dpo_gpt_lora(m), i / 2)->name,
+                    i % 2 == 0 ? "A" : "B");
+}
+
+/* The tensors m:parameters() lists: [first, last) in push_param's numbering. */
+static void trainable_range(dpo_gpt *m, int all, int *first, int *last) {
+    int nb = dpo_gpt_num_tensors(m);
+    dpo_lora *lo = dpo_gpt_lora(m);
+    *first = lo && !all ? nb : 0;
+    *last = nb + (lo ? 2 * dpo_lora_num_sites(lo) : 0);
+}
+
+/* m:parameters() -> list of the trainable tensors: all in Hugging Face order, or the adapters */
 static int l_parameters(lua_State *L) {
     dpo_gpt *m = checkgpt(L, 1);
-    int n = dpo_gpt_num_tensors(m);
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
+    int first, last;
+    trainable_range(m, 0, &first, &last);
+    lua_createtable(L, last - first, 0);
+    for (int i = first; i < last; i++) {
         push_param(L, m, i);
-        lua_rawseti(L, -2, i + 1);
+        lua_rawseti(L, -2, i - first + 1);
     }
     return 1;
 }
 
-/* m:named_parameters() -> list of {name, tensor}, map name -> tensor */
+/*
+** m:named_parameters([all]) -> list of {name, tensor}, map name -> tensor:
+** the tensors of m:parameters(); with all, the frozen base weights of a
+** model with adapters too, first, each entry then {name, tensor, frozen}.
+*/
 static int l_named_parameters(lua_State *L) {
     dpo_gpt *m = checkgpt(L, 1);
-    int n = dpo_gpt_num_tensors(m);
-    lua_createtable(L, n, 0);
-    lua_createtable(L, 0, n);
-    for (int i = 0; i < n; i++) {
-        lua_createtable(L, 2, 0);
-        lua_pushstring(L, dpo_gpt_param_info(m, i)->name);
+    int all = lua_toboolean(L, 2), nb = dpo_gpt_num_tensors(m), first, last;
+    trainable_range(m, all, &first, &last);
+    lua_createtable(L, last - first, 0);
+    lua_createtable(L, 0, last - first);
+    for (int i = first; i < last; i++) {
+        lua_createtable(L, 3, 0);
+        push_param_name(L, m, i);
         lua_rawseti(L, -2, 1);
         push_param(L, m, i);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -4, dpo_gpt_param_info(m, i)->name);
+        push_param_name(L, m, i);
+        lua_pushvalue(L, -2);
+        lua_settable(L, -5);
         lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -3, i + 1);
+        if (all) {
+            lua_pushboolean(L, dpo_gpt_frozen(m) || (i < nb && !dpo_gpt_base_trainable(m)));
+            lua_rawseti(L, -2, 3);
+        }
+        lua_rawseti(L, -3, i - first + 1);
     }
     return 2;
 }
@@ -323,12 +365,153 @@ static int l_set_dropout_state(lua_State *L) {
 static int l_zero_grad(lua_State *L) {
     dpo_gpt *m = checkgpt(L, 1);
     dpo_error e;
+    dpo_lora *lo = dpo_gpt_lora(m);
     for (int i = 0; i < dpo_gpt_num_tensors(m); i++) {
         dpo_tensor *g = dpo_gpt_param_tensor(m, i, 1, &e);
         if (!g) break;
         dpo_tensor_fill(g, 0);
         dpo_tensor_release(g);
     }
+    if (lo && dpo_lora_grads(lo))
+        memset(dpo_lora_grads(lo), 0, dpo_lora_num_params(lo) * sizeof(float));
+    lua_settop(L, 1);
+    return 1;
+}
+
+/*
+** m:lora_apply{r=8, alpha=8, dropout=0, use_rslora=false, seed=0,
+**              target_modules={...} | "all-linear" (nil: all)} -> m
+** Adapters on the matching linear modules; the base freezes.
+*/
+static int l_lora_apply(lua_State *L) {
+    static const char *const known[] = {"r",    "alpha",          "dropout", "use_rslora",
+                                        "seed", "target_modules", NULL};
+    static const char *const fn = "lora_apply";
+    dpo_gpt *m = checkgpt(L, 1);
+    dpo_lora_config c;
+    dpo_error e;
+    const char **targets = NULL;
+    int n = 0;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_keys(L, 2, fn, known);
+    c.r = intfield(L, 2, fn, "r", 8, 0);
+    c.alpha = floatfield(L, 2, fn, "alpha", (double)c.r);
+    c.dropout = floatfield(L, 2, fn, "dropout", 0.0);
+    c.seed = seedfield(L, 2, fn, "seed");
+    lua_getfield(L, 2, "use_rslora");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+        return luaL_error(L, "%s: option 'use_rslora' must be a boolean (got %s)", fn,
+                          luaL_typename(L, -1));
+    c.use_rslora = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 2, "target_modules");
+    if (lua_isnil(L, -1) ||
+        (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "all-linear") == 0)) {
+        n = 0; /* every linear module */
+    } else if (lua_type(L, -1) == LUA_TTABLE) {
+        lua_Integer len = luaL_len(L, -1);
+        if (len < 1 || len > 4096)
+            return luaL_error(L, "%s: target_modules must list 1..4096 module names", fn);
+        n = (int)len;
+        targets = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)n, 0);
+        for (int i = 0; i < n; i++) {
+            lua_geti(L, -2, i + 1);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "%s: target_modules[%d] must be a string (got %s)", fn, i + 1,
+                                  luaL_typename(L, -1));
+            targets[i] = lua_tostring(L, -1); /* kept alive by the table */
+            lua_pop(L, 1);
+        }
+    } else {
+        return luaL_error(L,
+                          "%s: option 'target_modules' must be a list of module names or "
+                          "\"all-linear\" (got %s)",
+                          fn, luaL_typename(L, -1));
+    }
+    if (c.r < 1) return luaL_error(L, "%s: option 'r' must be >= 1 (got %d)", fn, c.r);
+    if (dpo_gpt_lora_apply(m, &c, n, targets, &e) != DPO_OK)
+        return luaL_error(L, "%s: %s", fn, e.msg);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* m:lora() -> nil, or {r, alpha, dropout, use_rslora, scale, enabled, modules, num_params} */
+static int l_lora(lua_State *L) {
+    dpo_lora *lo = dpo_gpt_lora(checkgpt(L, 1));
+    const dpo_lora_config *c;
+    int n;
+    if (!lo) {
+        lua_pushnil(L);
+        return 1;
+    }
+    c = dpo_lora_cfg(lo);
+    n = dpo_lora_num_sites(lo);
+    lua_createtable(L, 0, 9);
+    lua_pushinteger(L, c->r);
+    lua_setfield(L, -2, "r");
+    lua_pushnumber(L, c->alpha);
+    lua_setfield(L, -2, "alpha");
+    lua_pushnumber(L, c->dropout);
+    lua_setfield(L, -2, "dropout");
+    lua_pushboolean(L, c->use_rslora);
+    lua_setfield(L, -2, "use_rslora");
+    lua_pushnumber(L, dpo_lora_scale(lo));
+    lua_setfield(L, -2, "scale");
+    lua_pushboolean(L, dpo_lora_enabled(lo));
+    lua_setfield(L, -2, "enabled");
+    lua_pushboolean(L, 1); /* Conv1D weights [in, out] */
+    lua_setfield(L, -2, "fan_in_fan_out");
+    lua_pushinteger(L, (lua_Integer)dpo_lora_num_params(lo));
+    lua_setfield(L, -2, "num_params");
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, dpo_lora_site_info(lo, i)->name);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "modules");
+    return 1;
+}
+
+/* m:lora_enable(on) -> whether they were on: the adapters switched on or off */
+static int l_lora_enable(lua_State *L) {
+    dpo_lora *lo = dpo_gpt_lora(checkgpt(L, 1));
+    luaL_checkany(L, 2);
+    if (!lo) return luaL_error(L, "lora_enable: the model has no adapters");
+    lua_pushboolean(L, dpo_lora_enabled(lo));
+    dpo_lora_set_enabled(lo, lua_toboolean(L, 2));
+    return 1;
+}
+
+/*
+** m:base_hash() -> "crc32:xxxxxxxx-adler32:xxxxxxxx": checksums (zlib's) of
+** the config and the base weights' bytes, not the adapters: a LoRA
+** checkpoint names the base it was trained on.
+*/
+static int l_base_hash(lua_State *L) {
+    dpo_gpt *m = checkgpt(L, 1);
+    const dpo_gpt_config *c = dpo_gpt_cfg(m);
+    int dims[5] = {c->vocab_size, c->n_ctx, c->n_layer, c->n_head, c->n_embd};
+    const unsigned char *p = (const unsigned char *)dpo_gpt_params(m);
+    size_t n = dpo_gpt_num_params(m) * sizeof(float);
+    uLong crc = crc32(0L, (const Bytef *)dims, sizeof dims),
+          ad = adler32(1L, (const Bytef *)dims, sizeof dims);
+    while (n > 0) { /* zlib takes uInt lengths */
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = crc32(crc, p, k);
+        ad = adler32(ad, p, k);
+        p += k, n -= k;
+    }
+    char buf[48];
+    snprintf(buf, sizeof buf, "crc32:%08x-adler32:%08x", (unsigned)crc, (unsigned)ad);
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+/* m:lora_merge() -> m: adapters folded into the base weights, which train again */
+static int l_lora_merge(lua_State *L) {
+    dpo_error e;
+    if (dpo_gpt_lora_merge(checkgpt(L, 1), &e) != DPO_OK)
+        return luaL_error(L, "lora_merge: %s", e.msg);
     lua_settop(L, 1);
     return 1;
 }
@@ -449,6 +632,7 @@ static const luaL_Reg meta[] = {
 };
 
 static const luaL_Reg methods[] = {
+    {"base_hash", l_base_hash},
     {"clone", l_clone},
     {"config", l_config},
     {"dropout_state", l_dropout_state},
@@ -458,6 +642,10 @@ static const luaL_Reg methods[] = {
     {"is_frozen", l_is_frozen},
     {"is_training", l_is_training},
     {"logps", l_logps},
+    {"lora", l_lora},
+    {"lora_apply", l_lora_apply},
+    {"lora_enable", l_lora_enable},
+    {"lora_merge", l_lora_merge},
     {"named_parameters", l_named_parameters},
     {"next_logits", l_next_logits},
     {"num_params", l_num_params},

@@ -332,6 +332,16 @@ static int l_is_frozen(lua_State *L) {
     return 1;
 }
 
+/*
+** m:lora() -> nil: the model's adapters. LoRA lives in GPT-2's kernels so
+** far; the trainer and checkpoints ask every model, and a Llama has none.
+*/
+static int l_lora(lua_State *L) {
+    checkllama(L, 1);
+    lua_pushnil(L);
+    return 1;
+}
+
 static int l_train(lua_State *L) {
     dpo_llama_set_training(checkllama(L, 1), lua_isnone(L, 2) ? 1 : lua_toboolean(L, 2));
     lua_settop(L, 1);
@@ -536,6 +546,7 @@ static const luaL_Reg methods[] = {
     {"is_frozen", l_is_frozen},
     {"is_training", l_is_training},
     {"logps", l_logps},
+    {"lora", l_lora},
     {"named_parameters", l_named_parameters},
     {"next_logits", l_next_logits},
     {"num_params", l_num_params},

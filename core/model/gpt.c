@@ -10,6 +10,12 @@
 ** over columns so each sum is done in one order: results do not depend on
 ** scheduling, only on the thread count BLAS uses.
 **
+** Adapters (lora.h) ride inside the same kernels: after each of the four
+** linear products of a block its adapter adds s * B (A x), and after each
+** input gradient its backward; with adapters the base is frozen, and no
+** base weight gradient is computed (no dW, db, LayerNorm or embedding sums),
+** so the backward is the input-gradient chain plus rank-r products.
+**
 ** Shapes: Nt tokens in the packed batch, C = n_embd, NH heads of HS = C / NH,
 ** V = vocab size, S scored positions. Per row n of the batch, Tn tokens of
 ** its prefix are processed (up to the row's last scored token).
@@ -47,23 +53,30 @@ enum {
     P_FCP_B
 };
 
+/* The linear modules of a block that can carry adapters, in Hugging Face order. */
+enum { LIN_QKV, LIN_PROJ, LIN_FC, LIN_FCP, LIN_COUNT };
+static const char *const lin_names[LIN_COUNT] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                 "mlp.c_proj"};
+static const int lin_param[LIN_COUNT] = {P_QKV_W, P_PROJ_W, P_FC_W, P_FCP_W};
+
 /* Activations of one block, for Nt tokens (pointers into the arena). */
 typedef struct {
-    float *ln1;          /* [Nt, C] */
-    float *ln1_mean;     /* [Nt] */
-    float *ln1_rstd;     /* [Nt] */
-    float *qkv;          /* [Nt, 3C] */
-    float *att;          /* [sum_n NH * Tn * Tn] softmax probabilities */
-    float *atty;         /* [Nt, C] attention output before the projection */
-    float *res2;         /* [Nt, C] residual after attention */
-    float *ln2;          /* [Nt, C] */
-    float *ln2_mean;     /* [Nt] */
-    float *ln2_rstd;     /* [Nt] */
-    float *fch;          /* [Nt, 4C] */
-    float *fch_gelu;     /* [Nt, 4C] one buffer for all blocks: recomputed in backward */
-    float *res3;         /* [Nt, C] residual after the MLP: the block's output */
-    unsigned char *mask; /* dropout masks, or NULL: [Nt*C] attn out, [Nt*C] mlp out */
-    uint64_t att_seed;   /* seed of this block's attention-dropout masks */
+    float *ln1;               /* [Nt, C] */
+    float *ln1_mean;          /* [Nt] */
+    float *ln1_rstd;          /* [Nt] */
+    float *qkv;               /* [Nt, 3C] */
+    float *att;               /* [sum_n NH * Tn * Tn] softmax probabilities */
+    float *atty;              /* [Nt, C] attention output before the projection */
+    float *res2;              /* [Nt, C] residual after attention */
+    float *ln2;               /* [Nt, C] */
+    float *ln2_mean;          /* [Nt] */
+    float *ln2_rstd;          /* [Nt] */
+    float *fch;               /* [Nt, 4C] */
+    float *fch_gelu;          /* [Nt, 4C] one buffer for all blocks: recomputed in backward */
+    float *res3;              /* [Nt, C] residual after the MLP: the block's output */
+    unsigned char *mask;      /* dropout masks, or NULL: [Nt*C] attn out, [Nt*C] mlp out */
+    uint64_t att_seed;        /* seed of this block's attention-dropout masks */
+    float *lora_u[LIN_COUNT]; /* [Nt, r] each: A x of the adapters, or NULL */
 } block_acts;
 
 struct dpo_gpt {
@@ -74,10 +87,12 @@ struct dpo_gpt {
     int chunk;     /* rows of logits computed at a time */
     size_t total;  /* floats in the parameter arena */
     float *params; /* [total] */
-    float *grads;  /* [total], NULL when frozen */
+    float *grads;  /* [total], NULL when frozen or when adapters train instead */
     int frozen;
     int training;
     dpo_rng drop_rng;
+    dpo_lora *lora; /* adapters, or NULL */
+    int *lora_site; /* [L * LIN_COUNT] the adapter site of each linear module, or -1 */
 
     /* activation arena, reused; sized for the largest batch seen */
     float *acts;
@@ -101,6 +116,10 @@ struct dpo_gpt {
     block_acts *blocks;
     float *encoded, *lnf, *lnf_mean, *lnf_rstd, *hs, *lse, *logits;
     unsigned char *emb_mask;
+    int lora_on;    /* the last forward ran the adapters */
+    int lora_drop;  /* ... with dropout on their inputs */
+    float *lora_xd; /* [Nt, 4C] dropped adapter input, or its gradient */
+    float *lora_du; /* [Nt, r] */
     /* backward scratch */
     float *dres, *dln, *dbig, *dqkv, *datty, *dhs, *datt_scratch;
     size_t scratch_per_thread;
@@ -231,8 +250,20 @@ dpo_gpt *dpo_gpt_new(const dpo_gpt_config *cfg, uint64_t seed, dpo_error *e) {
 }
 
 dpo_gpt *dpo_gpt_clone(const dpo_gpt *src, int freeze, dpo_error *e) {
-    dpo_gpt *m = gpt_shell(&src->cfg, !freeze, e);
+    dpo_gpt *m = gpt_shell(&src->cfg, !freeze && !src->lora, e);
     if (!m) return NULL;
+    m->frozen = freeze != 0;
+    if (src->lora) {
+        size_t n = (size_t)src->cfg.n_layer * LIN_COUNT;
+        m->lora_site = (int *)malloc(n * sizeof(int));
+        m->lora = m->lora_site ? dpo_lora_clone(src->lora, !freeze, e) : NULL;
+        if (!m->lora) {
+            if (!m->lora_site) dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+            dpo_gpt_release(m);
+            return NULL;
+        }
+        memcpy(m->lora_site, src->lora_site, n * sizeof(int));
+    }
     memcpy(m->params, src->params, m->total * sizeof(float));
     m->training = freeze ? 0 : src->training;
     m->drop_rng = src->drop_rng;
@@ -260,6 +291,8 @@ void dpo_gpt_release(dpo_gpt *m) {
     free_acts(m);
     dpo_free(m->params);
     dpo_free(m->grads);
+    dpo_lora_release(m->lora);
+    free(m->lora_site);
     free(m->info);
     free(m->blocks);
     free(m);
@@ -301,6 +334,119 @@ void dpo_gpt_freeze(dpo_gpt *m) {
     m->run++; /* a pending backward can no longer run */
 }
 
+int dpo_gpt_base_trainable(const dpo_gpt *m) {
+    return m->grads != NULL;
+}
+
+dpo_lora *dpo_gpt_lora(dpo_gpt *m) {
+    return m->lora;
+}
+
+/* The weight [in, out] of linear module k of block l, its name and sizes. */
+static const dpo_gpt_param *linear_param(const dpo_gpt *m, int l, int k) {
+    return &m->info[2 + PER_LAYER * l + lin_param[k]];
+}
+
+dpo_status dpo_gpt_lora_apply(dpo_gpt *m, const dpo_lora_config *c, int n,
+                              const char *const *targets, dpo_error *e) {
+    int L = m->cfg.n_layer, cnt = 0;
+    size_t nlin = (size_t)L * LIN_COUNT;
+    const char **names = NULL;
+    int *dims = NULL, *site = NULL;
+    char(*full)[96] = NULL;
+    if (m->lora) {
+        dpo_fail(e, DPO_ERR_ARG, 1, "the model has adapters already (merge them first)");
+        return DPO_ERR_ARG;
+    }
+    names = (const char **)malloc(nlin * sizeof *names);
+    dims = (int *)malloc(2 * nlin * sizeof *dims);
+    site = (int *)malloc(nlin * sizeof *site);
+    full = (char(*)[96])malloc(nlin * sizeof *full);
+    if (!names || !dims || !site || !full) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+        goto fail;
+    }
+    for (int t = 0; t < n; t++) { /* a target matching nothing is a misspelling */
+        int hit = 0;
+        for (int l = 0; l < L && !hit; l++)
+            for (int k = 0; k < LIN_COUNT && !hit; k++) {
+                char name[96];
+                snprintf(name, sizeof name, "transformer.h.%d.%s", l, lin_names[k]);
+                hit = dpo_lora_matches(name, targets[t]);
+            }
+        if (!hit) {
+            dpo_fail(e, DPO_ERR_ARG, 2,
+                     "target module '%.100s' matches no linear module of the model (GPT-2 has "
+                     "c_attn, c_proj, c_fc in each block)",
+                     targets[t]);
+            goto fail;
+        }
+    }
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            int hit = n == 0;
+            snprintf(full[l * LIN_COUNT + k], sizeof full[0], "transformer.h.%d.%s", l,
+                     lin_names[k]);
+            for (int t = 0; t < n && !hit; t++)
+                hit = dpo_lora_matches(full[l * LIN_COUNT + k], targets[t]);
+            site[l * LIN_COUNT + k] = hit ? cnt : -1;
+            if (!hit) continue;
+            names[cnt] = full[l * LIN_COUNT + k];
+            dims[cnt] = (int)linear_param(m, l, k)->shape[0];
+            dims[nlin + cnt] = (int)linear_param(m, l, k)->shape[1];
+            cnt++;
+        }
+    if (cnt == 0) {
+        dpo_fail(e, DPO_ERR_ARG, 2,
+                 "no module of the model matches target_modules (GPT-2 has c_attn, c_proj, c_fc)");
+        goto fail;
+    }
+    m->lora = dpo_lora_new(c, cnt, names, dims, dims + nlin, !m->frozen, e);
+    if (!m->lora) goto fail;
+    m->lora_site = site;
+    dpo_free(m->grads); /* the base is frozen: adapters train instead */
+    m->grads = NULL;
+    m->run++; /* a pending backward would write base gradients */
+    free(names);
+    free(dims);
+    free(full);
+    return DPO_OK;
+fail:
+    free(names);
+    free(dims);
+    free(site);
+    free(full);
+    return e ? e->status : DPO_ERR_MEM;
+}
+
+dpo_status dpo_gpt_lora_merge(dpo_gpt *m, dpo_error *e) {
+    float *g = NULL;
+    if (!m->lora) {
+        dpo_fail(e, DPO_ERR_ARG, 1, "the model has no adapters to merge");
+        return DPO_ERR_ARG;
+    }
+    if (!m->frozen) {
+        g = (float *)dpo_alloc(m->total * sizeof(float));
+        if (!g) {
+            dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for the base gradients");
+            return DPO_ERR_MEM;
+        }
+        memset(g, 0, m->total * sizeof(float));
+    }
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            int s = m->lora_site[l * LIN_COUNT + k];
+            if (s >= 0) dpo_lora_merge(m->lora, s, m->params + linear_param(m, l, k)->offset, 1);
+        }
+    dpo_lora_release(m->lora);
+    m->lora = NULL;
+    free(m->lora_site);
+    m->lora_site = NULL;
+    m->grads = g;
+    m->run++;
+    return DPO_OK;
+}
+
 static void release_model(void *ctx) {
     dpo_gpt_release((dpo_gpt *)ctx);
 }
@@ -340,7 +486,7 @@ static void layernorm_forward(float *out, float *mean, float *rstd, const float 
     }
 }
 
-/* dinp += d layernorm; dw, db += over rows (summed per column, in row order) */
+/* dinp += d layernorm; dw, db += over rows (summed per column, in row order), unless NULL */
 static void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                                const float *inp, const float *w, const float *mean,
                                const float *rstd, int Nt, int C) {
@@ -362,6 +508,7 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
             dx[i] += (dn - ma - n * mb) * rs;
         }
     }
+    if (!dw) return;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < C; i++) {
         double sw = 0, sb = 0;
@@ -385,12 +532,15 @@ static void matmul_forward(float *out, const float *inp, const float *w, const f
                 out, OC);
 }
 
-/* dinp = dout @ w^T (overwritten); dw += inp^T @ dout; db += column sums of dout */
+/* dinp = dout @ w^T (overwritten); dw += inp^T @ dout; db += column sums of dout
+   (dw, db NULL: a frozen weight, no gradient; dinp NULL: not needed) */
 static void matmul_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, const float *ones, int Nt, int C, int OC) {
     if (Nt == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, C, OC, 1.0f, dout, OC, w, OC, 0.0f,
-                dinp, C);
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, C, OC, 1.0f, dout, OC, w, OC, 0.0f,
+                    dinp, C);
+    if (!dw) return;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, Nt, 1.0f, inp, C, dout, OC, 1.0f,
                 dw, OC);
     cblas_sgemv(CblasRowMajor, CblasTrans, Nt, OC, 1.0f, dout, OC, ones, 1, 1.0f, db, 1);
@@ -657,10 +807,11 @@ static void dropout_backward(float *dx, const unsigned char *mask, size_t n, flo
 ** Lay out the activation arena for N rows, Nt packed tokens, S scored
 ** positions, A attention floats per block and Tmax the longest row; nb blocks
 ** are kept (L when recording for backward, else 1, reused by every block).
+** lora: the adapters run (their rank-r activations and scratch are laid out).
 ** Reallocates only when the arena is too small. Returns 0, or -1 (e filled).
 */
 static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, int nb, int backward,
-                        int dropout, dpo_error *e) {
+                        int dropout, int lora, dpo_error *e) {
     size_t C = (size_t)m->cfg.n_embd, V = (size_t)m->cfg.vocab_size, nt = (size_t)Nt;
     size_t per_block = 12 * nt * C + 4 * nt + A;
     size_t nthreads = (size_t)omp_get_max_threads();
@@ -676,6 +827,8 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
     size_t scratch = (backward || dropout) ? nthreads * 2 * (size_t)Tmax * (size_t)Tmax : 0;
     if (backward) floats += 4 * nt * C + 4 * nt * C + 3 * nt * C + (size_t)S * C;
     floats += scratch;
+    size_t r = lora ? (size_t)dpo_lora_cfg(m->lora)->r : 0;
+    if (lora) floats += (size_t)nb * LIN_COUNT * nt * r + 4 * nt * C + nt * r;
     floats += (masks + 3) / 4; /* dropout masks ride at the end, as bytes */
     if (floats > m->acts_cap) {
         dpo_free(m->acts);
@@ -722,6 +875,10 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
         TAKE(b->ln2_rstd, nt);
         TAKE(b->fch, 4 * nt * C);
         TAKE(b->res3, nt * C);
+        for (int k = 0; k < LIN_COUNT; k++) {
+            b->lora_u[k] = NULL;
+            if (lora) TAKE(b->lora_u[k], nt * r);
+        }
     }
     for (int l = nb; l < m->cfg.n_layer; l++) m->blocks[l] = m->blocks[0];
     TAKE(m->blocks[0].fch_gelu, 4 * nt * C);
@@ -743,6 +900,11 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
         TAKE(m->dhs, (size_t)S * C);
     }
     TAKE(m->datt_scratch, scratch); /* attention: dP and dropped P, per thread */
+    m->lora_xd = m->lora_du = NULL;
+    if (lora) {
+        TAKE(m->lora_xd, 4 * nt * C);
+        TAKE(m->lora_du, nt * r);
+    }
     m->scratch_per_thread = 2 * (size_t)Tmax * (size_t)Tmax;
 #undef TAKE
     {
@@ -755,6 +917,8 @@ static int ensure_arena(dpo_gpt *m, int N, int Nt, int S, size_t A, int Tmax, in
     for (size_t i = 0; i < (nt > (size_t)S ? nt : (size_t)S) + 1; i++) m->ones[i] = 1.0f;
     m->N = N, m->Nt = Nt, m->S = S, m->att_size = A;
     m->keep_layers = nb;
+    m->lora_on = lora;
+    m->lora_drop = lora && m->training && dpo_lora_cfg(m->lora)->dropout > 0;
     return 0;
 }
 
@@ -778,8 +942,25 @@ static packing packing_of(const dpo_gpt *m) {
 static float *P_(dpo_gpt *m, int l, int which) {
     return m->params + m->info[2 + PER_LAYER * l + which].offset;
 }
+/* The gradient of a block's parameter, or NULL when the base is frozen. */
 static float *G_(dpo_gpt *m, int l, int which) {
-    return m->grads + m->info[2 + PER_LAYER * l + which].offset;
+    return m->grads ? m->grads + m->info[2 + PER_LAYER * l + which].offset : NULL;
+}
+
+/* y [Nt, out] += the adapter of linear module k of block l on x, when it has one. */
+static void lora_fwd(dpo_gpt *m, int l, int k, float *y, const float *x) {
+    int s = m->lora_on ? m->lora_site[l * LIN_COUNT + k] : -1;
+    if (s >= 0)
+        dpo_lora_forward(m->lora, s, y, x, m->blocks[l].lora_u[k], m->lora_xd, m->Nt,
+                         m->lora_drop ? &m->drop_rng : NULL);
+}
+
+/* dx += the adapter's input gradient for dy; its A, B gradients accumulate. */
+static void lora_bwd(dpo_gpt *m, int l, int k, float *dx, const float *dy, const float *x) {
+    int s = m->lora_on ? m->lora_site[l * LIN_COUNT + k] : -1;
+    if (s >= 0)
+        dpo_lora_backward(m->lora, s, dx, dy, x, m->blocks[l].lora_u[k], m->lora_du, m->lora_xd,
+                          m->Nt, m->lora_drop);
 }
 
 /* The hidden states lnf [Nt, C] of the packed tokens; drop: apply dropout masks. */
@@ -804,20 +985,24 @@ static void forward_hidden(dpo_gpt *m, int drop) {
         layernorm_forward(b->ln1, b->ln1_mean, b->ln1_rstd, x, P_(m, l, P_LN1_W), P_(m, l, P_LN1_B),
                           Nt, C, eps);
         matmul_forward(b->qkv, b->ln1, P_(m, l, P_QKV_W), P_(m, l, P_QKV_B), Nt, C, 3 * C);
+        lora_fwd(m, l, LIN_QKV, b->qkv, b->ln1);
         if (drop) {
             b->att_seed = dpo_rng_next(&m->drop_rng);
             pk.drop = p, pk.seed = b->att_seed;
         }
         attention_forward(b->atty, b->att, b->qkv, &pk, C, NH);
         matmul_forward(b->res2, b->atty, P_(m, l, P_PROJ_W), P_(m, l, P_PROJ_B), Nt, C, C);
+        lora_fwd(m, l, LIN_PROJ, b->res2, b->atty);
         if (drop) dropout_forward(b->res2, b->mask, n, p, &m->drop_rng);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->res2[i] += x[i];
         layernorm_forward(b->ln2, b->ln2_mean, b->ln2_rstd, b->res2, P_(m, l, P_LN2_W),
                           P_(m, l, P_LN2_B), Nt, C, eps);
         matmul_forward(b->fch, b->ln2, P_(m, l, P_FC_W), P_(m, l, P_FC_B), Nt, C, 4 * C);
+        lora_fwd(m, l, LIN_FC, b->fch, b->ln2);
         gelu_forward(b->fch_gelu, b->fch, 4 * n);
         matmul_forward(b->res3, b->fch_gelu, P_(m, l, P_FCP_W), P_(m, l, P_FCP_B), Nt, 4 * C, C);
+        lora_fwd(m, l, LIN_FCP, b->res3, b->fch_gelu);
         if (drop) dropout_forward(b->res3, b->mask + n, n, p, &m->drop_rng);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->res3[i] += b->res2[i];
@@ -876,15 +1061,20 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
     int NH = m->cfg.n_head, drop = m->emb_mask != NULL;
     float p = m->cfg.dropout;
     size_t n = (size_t)Nt * C;
-    float *dwte = m->grads, *dwpe = m->grads + m->info[1].offset;
-    float *dlnfw = m->grads + m->info[m->ntensors - 2].offset;
-    float *dlnfb = m->grads + m->info[m->ntensors - 1].offset;
+    float *G = m->grads; /* NULL: a frozen base, only the adapters' gradients */
+    float *dwte = G, *dwpe = G ? G + m->info[1].offset : NULL;
+    float *dlnfw = G ? G + m->info[m->ntensors - 2].offset : NULL;
+    float *dlnfb = G ? G + m->info[m->ntensors - 1].offset : NULL;
     const float *lnfw = m->params + m->info[m->ntensors - 2].offset;
     float *dbranch = m->datty + n;
-    int Tmax = 0;
+    int lowest = 0; /* the lowest block whose input gradient is needed */
     packing pk = packing_of(m);
-    for (int i = 0; i < m->N; i++)
-        if (m->row_full[i] > Tmax) Tmax = m->row_full[i];
+    if (!G) {
+        lowest = L - 1;
+        for (int l = 0; l < L; l++)
+            for (int k = 0; k < LIN_COUNT; k++)
+                if (m->lora_site[l * LIN_COUNT + k] >= 0 && l < lowest) lowest = l;
+    }
 
     /* LM head: dlogits = g * (onehot(target) - softmax), recomputed per chunk */
     memset(m->dln, 0, n * sizeof(float));
@@ -901,8 +1091,9 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cn, C, V, 1.0f, m->logits, V,
                     m->params, C, 0.0f, m->dhs + (size_t)s0 * C, C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, cn, 1.0f, m->logits, V,
-                    m->hs + (size_t)s0 * C, C, 1.0f, dwte, C);
+        if (dwte)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, cn, 1.0f, m->logits, V,
+                        m->hs + (size_t)s0 * C, C, 1.0f, dwte, C);
     }
     /* a packed row shared by a parent and its child may be scored twice: add */
     for (int s = 0; s < S; s++) {
@@ -916,7 +1107,7 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
     layernorm_backward(m->dres, dlnfw, dlnfb, m->dln, m->blocks[L - 1].res3, lnfw, m->lnf_mean,
                        m->lnf_rstd, Nt, C);
 
-    for (int l = L - 1; l >= 0; l--) {
+    for (int l = L - 1; l >= lowest; l--) {
         block_acts *b = &m->blocks[l];
         const float *x = l == 0 ? m->encoded : m->blocks[l - 1].res3;
         const float *g = m->dres;
@@ -929,9 +1120,14 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         gelu_forward(b->fch_gelu, b->fch, 4 * n); /* not kept: recomputed */
         matmul_backward(m->dbig, G_(m, l, P_FCP_W), G_(m, l, P_FCP_B), g, b->fch_gelu,
                         P_(m, l, P_FCP_W), m->ones, Nt, 4 * C, C);
+        lora_bwd(m, l, LIN_FCP, m->dbig, g, b->fch_gelu);
         gelu_backward(m->dbig, b->fch, 4 * n);
         matmul_backward(m->dln, G_(m, l, P_FC_W), G_(m, l, P_FC_B), m->dbig, b->ln2,
                         P_(m, l, P_FC_W), m->ones, Nt, C, 4 * C);
+        lora_bwd(m, l, LIN_FC, m->dln, m->dbig, b->ln2);
+        if (l == lowest && !G && m->lora_site[l * LIN_COUNT + LIN_QKV] < 0 &&
+            m->lora_site[l * LIN_COUNT + LIN_PROJ] < 0)
+            return; /* no adapter below this point */
         layernorm_backward(m->dres, G_(m, l, P_LN2_W), G_(m, l, P_LN2_B), m->dln, b->res2,
                            P_(m, l, P_LN2_W), b->ln2_mean, b->ln2_rstd, Nt, C);
         /* attention branch: res2 = x + drop(proj(attn(qkv(ln1(x))))) */
@@ -943,14 +1139,21 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
         }
         matmul_backward(m->datty, G_(m, l, P_PROJ_W), G_(m, l, P_PROJ_B), g, b->atty,
                         P_(m, l, P_PROJ_W), m->ones, Nt, C, C);
+        lora_bwd(m, l, LIN_PROJ, m->datty, g, b->atty);
         if (drop) pk.drop = p, pk.seed = b->att_seed;
         attention_backward(m->dqkv, m->datty, b->att, b->qkv, &pk, C, NH, m->datt_scratch,
                            m->scratch_per_thread);
+        if (l == lowest && !G) { /* nothing below needs a gradient: the adapter's own only */
+            lora_bwd(m, l, LIN_QKV, NULL, m->dqkv, b->ln1);
+            return;
+        }
         matmul_backward(m->dln, G_(m, l, P_QKV_W), G_(m, l, P_QKV_B), m->dqkv, b->ln1,
                         P_(m, l, P_QKV_W), m->ones, Nt, C, 3 * C);
+        lora_bwd(m, l, LIN_QKV, m->dln, m->dqkv, b->ln1);
         layernorm_backward(m->dres, G_(m, l, P_LN1_W), G_(m, l, P_LN1_B), m->dln, x,
                            P_(m, l, P_LN1_W), b->ln1_mean, b->ln1_rstd, Nt, C);
     }
+    if (!G) return;
     if (drop) dropout_backward(m->dres, m->emb_mask, n, p);
         /* embeddings: scatter-add by columns so repeated tokens sum in one order */
 #pragma omp parallel for schedule(static)
@@ -978,7 +1181,7 @@ static void logps_release(void *ctx) {
 static dpo_status logps_backward(void *ctx, const dpo_tensor *gout, dpo_error *e) {
     logps_ctx *c = (logps_ctx *)ctx;
     dpo_gpt *m = c->m;
-    if (m->run != c->run || m->keep_layers != m->cfg.n_layer || !m->grads) {
+    if (m->run != c->run || m->keep_layers != m->cfg.n_layer || (!m->grads && !m->lora_on)) {
         dpo_fail(e, DPO_ERR_ARG, 1,
                  "the model ran another batch (or was frozen) after these logps were computed; "
                  "call backward() before the next forward, or score all rows in one logps call");
@@ -998,7 +1201,7 @@ dpo_tensor *dpo_gpt_logps(dpo_gpt *m, const dpo_tensor *ids_in, const dpo_tensor
                           dpo_tensor **counts_out, dpo_error *e) {
     char a[DPO_SHAPELEN], b[DPO_SHAPELEN];
     dpo_tensor *ids, *logps = NULL, *counts = NULL;
-    int N, T, V = m->cfg.vocab_size, Nt = 0, S = 0, Tmax = 0;
+    int N, T, V = m->cfg.vocab_size, Nt = 0, S = 0, Tmax = 0, lora;
     size_t A = 0;
     int64_t nshape;
     if (ids_in->dtype != DPO_I32 || ids_in->ndim != 2)
@@ -1073,9 +1276,10 @@ dpo_tensor *dpo_gpt_logps(dpo_gpt *m, const dpo_tensor *ids_in, const dpo_tensor
                                 N, T);
             }
         }
-        record = record && !m->frozen && m->grads;
+        lora = m->lora && dpo_lora_enabled(m->lora);
+        record = record && !m->frozen && (m->grads || (lora && dpo_lora_grads(m->lora)));
         if (ensure_arena(m, N, Nt, S, A, Tmax, record ? m->cfg.n_layer : 1, record,
-                         m->training && m->cfg.dropout > 0, e)) {
+                         m->training && m->cfg.dropout > 0, lora, e)) {
             dpo_tensor_release(ids);
             return NULL;
         }
@@ -1165,10 +1369,12 @@ dpo_status dpo_gpt_next_logits(dpo_gpt *m, const int32_t *ids, int n, float *log
                      ids[t], t + 1, V - 1);
             return DPO_ERR_RANGE;
         }
-    if (ensure_arena(m, 1, n, 1, (size_t)m->cfg.n_head * n * n, n, 1, 0, 0, e))
+    if (ensure_arena(m, 1, n, 1, (size_t)m->cfg.n_head * n * n, n, 1, 0, 0,
+                     m->lora && dpo_lora_enabled(m->lora), e))
         return e ? e->status : DPO_ERR_MEM;
     m->row_start[0] = 0, m->row_len[0] = n, m->att_off[0] = 0;
     m->row_pre[0] = 0, m->row_par[0] = -1, m->row_full[0] = n;
+    m->lora_drop = 0;
     for (int t = 0; t < n; t++) m->tok[t] = ids[t], m->pos[t] = t;
     m->run++;
     forward_hidden(m, 0);
@@ -1177,12 +1383,20 @@ dpo_status dpo_gpt_next_logits(dpo_gpt *m, const int32_t *ids, int n, float *log
     return DPO_OK;
 }
 
-/* One position through the model with a KV cache [L][n_ctx][2C]; logits [V] out. */
+/* y [out] += the adapter of linear module k of block l on one position x, using u [r]. */
+static void lora_one(dpo_gpt *m, int l, int k, float *y, const float *x, float *u) {
+    int s = m->lora && dpo_lora_enabled(m->lora) ? m->lora_site[l * LIN_COUNT + k] : -1;
+    if (s >= 0) dpo_lora_forward(m->lora, s, y, x, u, NULL, 1, NULL);
+}
+
+/* One position through the model with a KV cache [L][n_ctx][2C]; logits [V] out.
+   w: [10C + n_ctx + r] work space (r: the adapters' rank, 0 without). */
 static void cached_step(dpo_gpt *m, float *cache, int token, int pos, float *logits, float *w) {
     int C = m->cfg.n_embd, V = m->cfg.vocab_size, L = m->cfg.n_layer, NH = m->cfg.n_head;
     int HS = C / NH, ctx = m->cfg.n_ctx;
     float eps = m->cfg.eps, scale = 1.0f / sqrtf((float)HS);
     float *x = w, *h = x + C, *qkv = h + C, *y = qkv + 3 * C, *fc = y + C, *att = fc + 4 * C;
+    float *u = att + ctx;
     const float *wte = m->params, *wpe = m->params + m->info[1].offset;
     for (int i = 0; i < C; i++) x[i] = wte[(size_t)token * C + i] + wpe[(size_t)pos * C + i];
     for (int l = 0; l < L; l++) {
@@ -1191,6 +1405,7 @@ static void cached_step(dpo_gpt *m, float *cache, int token, int pos, float *log
         memcpy(qkv, P_(m, l, P_QKV_B), sizeof(float) * 3 * (size_t)C);
         cblas_sgemv(CblasRowMajor, CblasTrans, C, 3 * C, 1.0f, P_(m, l, P_QKV_W), 3 * C, h, 1, 1.0f,
                     qkv, 1);
+        lora_one(m, l, LIN_QKV, qkv, h, u);
         memcpy(kv + (size_t)pos * 2 * C, qkv + C, sizeof(float) * 2 * (size_t)C);
         for (int hd = 0; hd < NH; hd++) {
             const float *q = qkv + hd * HS;
@@ -1215,14 +1430,17 @@ static void cached_step(dpo_gpt *m, float *cache, int token, int pos, float *log
             }
         }
         cblas_sgemv(CblasRowMajor, CblasTrans, C, C, 1.0f, P_(m, l, P_PROJ_W), C, y, 1, 1.0f, x, 1);
+        lora_one(m, l, LIN_PROJ, x, y, u);
         for (int i = 0; i < C; i++) x[i] += P_(m, l, P_PROJ_B)[i];
         layernorm_forward(h, NULL, NULL, x, P_(m, l, P_LN2_W), P_(m, l, P_LN2_B), 1, C, eps);
         memcpy(fc, P_(m, l, P_FC_B), sizeof(float) * 4 * (size_t)C);
         cblas_sgemv(CblasRowMajor, CblasTrans, C, 4 * C, 1.0f, P_(m, l, P_FC_W), 4 * C, h, 1, 1.0f,
                     fc, 1);
+        lora_one(m, l, LIN_FC, fc, h, u);
         gelu_forward(fc, fc, 4 * (size_t)C);
         cblas_sgemv(CblasRowMajor, CblasTrans, 4 * C, C, 1.0f, P_(m, l, P_FCP_W), C, fc, 1, 1.0f, x,
                     1);
+        lora_one(m, l, LIN_FCP, x, fc, u);
         for (int i = 0; i < C; i++) x[i] += P_(m, l, P_FCP_B)[i];
     }
     layernorm_forward(h, NULL, NULL, x, m->params + m->info[m->ntensors - 2].offset,
@@ -1308,7 +1526,8 @@ int32_t *dpo_gpt_generate(dpo_gpt *m, const int32_t *prompt, int n_prompt, const
     buf = (scored *)malloc(sizeof(scored) * (size_t)V);
     if (o->use_cache) {
         cache = (float *)dpo_alloc(sizeof(float) * (size_t)m->cfg.n_layer * ctx * 2 * C);
-        work = (float *)malloc(sizeof(float) * ((size_t)10 * C + (size_t)ctx));
+        size_t rank = m->lora ? (size_t)dpo_lora_cfg(m->lora)->r : 0;
+        work = (float *)malloc(sizeof(float) * ((size_t)10 * C + (size_t)ctx + rank));
     }
     if (!seq || !out || !logits || !buf || (o->use_cache && (!cache || !work))) {
         dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for generation");

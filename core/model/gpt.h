@@ -17,6 +17,7 @@
 #define DPO_GPT_H
 
 #include "base/rng.h"
+#include "model/lora.h"
 #include "tensor/tensor.h"
 
 typedef struct dpo_gpt_config {
@@ -42,7 +43,7 @@ typedef struct dpo_gpt dpo_gpt;
 
 /* A new model with GPT-2's initialisation drawn from seed. */
 dpo_gpt *dpo_gpt_new(const dpo_gpt_config *cfg, uint64_t seed, dpo_error *e);
-/* A copy of the parameters (not the gradients); frozen when freeze. */
+/* A copy of the parameters and adapters (not the gradients); frozen when freeze. */
 dpo_gpt *dpo_gpt_clone(const dpo_gpt *m, int freeze, dpo_error *e);
 void dpo_gpt_retain(dpo_gpt *m);
 void dpo_gpt_release(dpo_gpt *m);
@@ -55,6 +56,24 @@ size_t dpo_gpt_num_params(const dpo_gpt *m);
 ** Gradients: NULL for a frozen model. */
 dpo_tensor *dpo_gpt_param_tensor(dpo_gpt *m, int i, int grad, dpo_error *e);
 float *dpo_gpt_params(dpo_gpt *m);
+
+/*
+** Low-rank adapters (lora.h) on the linear modules matching any of
+** targets[0..n) as PEFT matches them ("c_attn" matches
+** "transformer.h.0.attn.c_attn"; n = 0: every linear module, PEFT's
+** "all-linear"). The adapted modules are c_attn, attn.c_proj, c_fc and
+** mlp.c_proj of each block (Conv1D: fan_in_fan_out). The base freezes: its
+** gradient arena is freed, backward computes only the adapters' gradients.
+** An error when no module matches or the model has adapters already.
+*/
+dpo_status dpo_gpt_lora_apply(dpo_gpt *m, const dpo_lora_config *c, int n,
+                              const char *const *targets, dpo_error *e);
+/* The model's adapters, or NULL. */
+dpo_lora *dpo_gpt_lora(dpo_gpt *m);
+/* Fold the adapters into the base weights and drop them; the base trains again. */
+dpo_status dpo_gpt_lora_merge(dpo_gpt *m, dpo_error *e);
+/* Has the model a gradient arena for its base weights? */
+int dpo_gpt_base_trainable(const dpo_gpt *m);
 
 /* Frozen: no gradient arena, logps never records. */
 void dpo_gpt_freeze(dpo_gpt *m);

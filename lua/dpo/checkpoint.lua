@@ -1,11 +1,20 @@
 -- dpo.checkpoint: a phase's checkpoints on disk and the state that resumes
 -- it (internal; its public face is dpo.train's *_checkpoint functions).
 --
---   checkpoint.save(dir, {model, tokenizer, optimizer, state, ref}) -> dir
+--   checkpoint.save(dir, {model, tokenizer, optimizer, state, ref, base}) -> dir
 --       dpo.train.save_checkpoint: written into .NAME.tmp next to dir, then
 --       renamed over it (a crash never leaves a half-written checkpoint)
 --   checkpoint.load(dir)   dpo.train.load_checkpoint -> {path, model,
---                          tokenizer, state, optimizer_state, ref_tensors}
+--                          tokenizer, state, optimizer_state, ref_tensors,
+--                          adapters}
+--
+-- A model with LoRA adapters (dpo.lora) is saved as its adapters only
+-- (adapter_config.json, adapter_model.safetensors: PEFT's layout) and
+-- trainer_state.json's lora = {base = the base model's path when known,
+-- base_hash = model:base_hash()}; its optimizer state is the adapters'.
+-- Loading such a checkpoint gives adapters = its path and no model;
+-- resuming from it applies the adapters to the phase's model, whose base
+-- must hash the same (a different base is an error).
 --   checkpoint.latest(run_dir [, say])   dpo.train.latest_checkpoint
 --   checkpoint.list(run_dir)             dpo.train.checkpoints
 --   checkpoint.hex(s), checkpoint.unhex(s)   bytes <-> hex text
@@ -36,6 +45,8 @@ local check = require "dpo.check"
 local cjson = require("cjson").new()
 local lfs = require "lfs"
 local log = require "dpo.log"
+local gpt = require "dpo.gpt"
+local lora = require "dpo.lora"
 local models = require "dpo.model"
 
 cjson.encode_invalid_numbers("null")
@@ -149,7 +160,8 @@ local function optimizer_state_dict(tensors, info)
             state = state }
 end
 
--- dpo.train.save_checkpoint(dir, {model, tokenizer, optimizer, state, ref})
+-- dpo.train.save_checkpoint(dir, {model, tokenizer, optimizer, state, ref, base})
+-- (base: the path of the base model of a model with adapters)
 -- -> dir. Written into a temporary directory next to dir, then renamed.
 function checkpoint.save(dir, parts)
    check_path("save_checkpoint", dir, "the directory", 2)
@@ -167,10 +179,17 @@ function checkpoint.save(dir, parts)
    log.rmtree(tmp)
    local ok, err = log.mkdirs(tmp)
    if not ok then error("save_checkpoint: " .. err, 2) end
+   local adapted = m.lora ~= nil and m:lora() ~= nil -- (adapters: GPT-2 only, for now)
    local good, msg = pcall(function()
-      parts.model:save(tmp, { dtype = "float32" }) -- exact resume, whatever dtype it was loaded in
-      if parts.tokenizer then parts.tokenizer:save(tmp .. "/tokenizer.json") end
       local state = parts.state or {}
+      if adapted then
+         local base = parts.base or gpt.source(m) or lora.config(m).base_model_name_or_path
+         lora.save(m, tmp, { base_model_name_or_path = base })
+         state.lora = { base = base, base_hash = m:base_hash() }
+      else
+         m:save(tmp, { dtype = "float32" }) -- exact resume, whatever dtype it was loaded in
+      end
+      if parts.tokenizer then parts.tokenizer:save(tmp .. "/tokenizer.json") end
       if parts.optimizer then
          local tensors, info = optimizer_parts(parts.optimizer)
          local saved, e = core.save(tmp .. "/optimizer.safetensors", tensors,
@@ -237,9 +256,15 @@ function checkpoint.load(dir)
       end
    end
    integers(state)
-   local okm, model = pcall(models.load, dir)
-   if not okm then error("load_checkpoint: " .. tostring(model), 2) end
-   local out = { path = dir, model = model, state = state }
+   local out = { path = dir, state = state }
+   if lfs.attributes(dir .. "/adapter_config.json", "mode") == "file"
+      and not lfs.attributes(dir .. "/model.safetensors") then
+      out.adapters = dir -- a LoRA run's: its adapters, applied by resuming
+   else
+      local okm, model = pcall(models.load, dir)
+      if not okm then error("load_checkpoint: " .. tostring(model), 2) end
+      out.model = model
+   end
    if lfs.attributes(dir .. "/tokenizer.json", "mode") == "file" then
       local okt, tok = pcall(require("dpo.tokenizer").load, dir .. "/tokenizer.json")
       if not okt then error("load_checkpoint: " .. tostring(tok), 2) end
@@ -374,7 +399,19 @@ function checkpoint.resume(P)
               where, k == "pairs" and "data pairs" or k, tostring(d[k]), tostring(mine[k]))
       end
    end
-   if resume.model then
+   if resume.adapters then
+      -- a LoRA run: the adapters onto this model, whose base must be the one they were trained on
+      local want = type(rst.lora) == "table" and rst.lora.base_hash
+      if want and want ~= P.model:base_hash() then
+         fail(fname, "%s holds adapters trained on another base model (%s%s); this model's base " ..
+              "weights differ (%s)", where, tostring(want),
+              rst.lora.base and (", " .. tostring(rst.lora.base)) or "", P.model:base_hash())
+      end
+      local ok, err = pcall(lora.load, P.model, resume.adapters)
+      if not ok then fail(fname, "resume: %s", tostring(err)) end
+   elseif resume.model and P.model:lora() then
+      fail(fname, "%s holds a whole model, not adapters: the policy has adapters (dpo.lora)", where)
+   elseif resume.model then
       local src = {}
       for _, np in ipairs(resume.model:named_parameters()) do src[np[1]] = np[2] end
       core.no_grad(function()
@@ -461,6 +498,7 @@ function checkpoint.save_phase(P, step, s, complete)
    local ok, err = pcall(checkpoint.save, path, {
       model = P.model, tokenizer = P.o.tokenizer or P.ds:tokenizer(), optimizer = P.opt,
       state = checkpoint.state(P, step, s, complete), ref = R.mode == "sync" and R.model or nil,
+      base = P.o.ref_source,
    })
    if not ok then
       P.progress:finish()

@@ -11,8 +11,9 @@
 --                              is `loss`, and its metrics (the rewards, and the
 --                              loss's extras) are averaged over the pairs
 --         loss_options = {}    the loss's own options
---         ref_logps = nil      function(pairs) -> ref_c, ref_r (float32 [B]):
---                              precomputed reference log-probs
+--         ref_logps = nil      function(pairs, b) -> ref_c, ref_r (float32 [B]):
+--                              precomputed reference log-probs (b: the batch,
+--                              for a reference computed from b.ids, b.mask)
 --       metrics, means over the pairs with TRL's definitions (rewards are
 --       beta * (policy - reference) summed log-probs, accuracy counts a tie as
 --       wrong): rewards/chosen, rewards/rejected, rewards/margins,
@@ -211,7 +212,7 @@ function eval.preferences(policy, ref, data, opts)
          local lp, cnt = policy:logps(b.ids, b.mask)
          local rc, rr
          if ref_logps then
-            rc, rr = ref_logps(b.pairs)
+            rc, rr = ref_logps(b.pairs, b)
             if not (core.is_tensor(rc) and core.is_tensor(rr)) then
                error(format("dpo.eval.preferences: ref_logps returned %s, %s; expected two " ..
                             "float32 tensors [%d]", type(rc), type(rr), B), 0)

@@ -13,6 +13,8 @@
 --       time); attn.bias / attn.masked_bias buffers and a tied lm_head.weight
 --       are ignored. A missing, unexpected or misshapen tensor is an error
 --       naming it.
+--   dpo.gpt.source(model) -> dir | nil
+--       the directory dpo.gpt.load read the model from (adapter files name it).
 --   model:save(dir [, {dtype =, max_shard_size = "2GB"}]) -> true
 --       config.json and the weights in the same layout (each file written
 --       atomically), so transformers' GPT2LMHeadModel.from_pretrained(dir)
@@ -35,6 +37,14 @@ local hf = require "dpo.hf"
 local origin = setmetatable({}, { __mode = "k" })
 
 local gpt = {}
+
+function gpt.source(model)
+   if type(model) ~= "userdata" or type(model.config) ~= "function" then
+      error("dpo.gpt.source: expected a model, got " .. type(model), 2)
+   end
+   if not pcall(model.config, model) then error("dpo.gpt.source: the model is freed", 2) end
+   return origin[model] and origin[model].dir
+end
 
 function gpt.new(config)
    if type(config) ~= "table" then
@@ -168,6 +178,13 @@ local function save(model, dir, opts)
       if not SAVE_OPTS[k] then error(("save: unknown option %s"):format(tostring(k)), 2) end
    end
    model:config() -- a freed model raises here, before anything is made
+   local named = {}
+   for _, np in ipairs(model:named_parameters(true)) do
+      if np[1]:find(".lora_", 1, true) then
+         error("save: the model has adapters: dpo.lora.save writes them, dpo.lora.merge folds them in", 2)
+      end
+      named[np[1]] = np[2]
+   end
    local from = origin[model] or {}
    local dtype = opts.dtype or from.dtype or "float32"
    if dtype ~= "float32" and dtype ~= "bfloat16" and dtype ~= "float16" then
@@ -180,7 +197,6 @@ local function save(model, dir, opts)
    elseif attr.mode ~= "directory" then
       error(("save: %s exists and is not a directory"):format(dir), 2)
    end
-   local _, named = model:named_parameters()
    local ok, err = pcall(function()
       hf.save_weights(dir, named, { dtype = dtype, max_shard_size = opts.max_shard_size }, "save")
       -- the source's fields, the model's own over them

@@ -19,6 +19,7 @@ dpo.gradcheck = require("dpo.gradcheck").gradcheck
 dpo.nn = require "dpo.nn"
 dpo.gpt = require "dpo.gpt"
 dpo.model = require "dpo.model"
+dpo.lora = require "dpo.lora"
 
 dpo.float32 = "float32"
 dpo.int32 = "int32"

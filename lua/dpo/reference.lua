@@ -6,11 +6,16 @@
 --   "model"        a frozen model: the caller's frozen ref as it is, another
 --                  (or, with ref = nil, the policy as the phase begins)
 --                  copied frozen; its log-probs are computed with each batch
+--   "base"         the policy itself with its LoRA adapters off
+--                  (dpo.lora.disabled), in eval mode: the default when the
+--                  policy has adapters (or ref = "base"); no copy is kept
 --   "precomputed"  the log-probs of every train and eval pair computed once,
 --                  before training, and cached on disk under a name hashing
 --                  the data and the weights; the model is then let go
 --   "sync"         TR-DPO: a frozen copy that every tau steps becomes
---                  alpha * policy + (1 - alpha) * ref
+--                  alpha * policy + (1 - alpha) * ref (a policy with
+--                  adapters: the copy and the mix are of the merged
+--                  weights W + s B A, so TR-DPO is exact there too)
 --   "none"         ref = false, or a loss that never reads one (simpo, orpo,
 --                  cpo, sft): the log-probs are 0 where a loss asks
 --
@@ -22,7 +27,11 @@
 --                  TR-DPO ref_model.safetensors)
 --   reference.logps(R, b, loss_name) -> ref_c, ref_r   [B] each for the
 --                  micro-batch b (2B rows: chosen then rejected), or nil
---                  for a reference-free loss
+--                  for a reference-free loss. Called before the policy's
+--                  forward: with "base" it is the same model, whose
+--                  activations the policy's backward needs
+--   reference.eval_logps(R) -> nil | function(pairs, b) for
+--                  dpo.eval.preferences's ref_logps (the "base" reference)
 --   reference.after_step(R, policy, s, step)   the TR-DPO sync after phase
 --                  step s (global step `step`)
 --   reference.data_key(ds), reference.weights_key(model)   the cache keys:
@@ -36,6 +45,7 @@ local core = require "dpo.core"
 local lfs = require "lfs"
 local log = require "dpo.log"
 local models = require "dpo.model"
+local lora = require "dpo.lora"
 
 local reference = {}
 
@@ -95,7 +105,8 @@ end
 
 -- The fingerprint of a model's weights: its config and, for each parameter,
 -- its sum, its sum of squares and its dot product with a fixed random tensor
--- (the generator's state is restored afterwards).
+-- (the generator's state is restored afterwards). A model with adapters:
+-- its base weights and, unless they are off, its adapters.
 local function weights_key(model)
    if not models.is_model(model) then
       error("dpo.train.weights_key: expected a model (dpo.model), got " .. tostring(model), 2)
@@ -105,12 +116,15 @@ local function weights_key(model)
    h = hash_update(h, format("%d|%d|%d|%d|%d", c.vocab_size, c.n_ctx, c.n_layer, c.n_head, c.n_embd))
    local saved = core.rng_state()
    core.manual_seed(20240531)
+   local info = model:lora()
    core.no_grad(function()
-      for _, np in ipairs(model:named_parameters()) do
+      for _, np in ipairs(model:named_parameters(true)) do
          local p = np[2]
+         if info and not info.enabled and np[1]:find(".lora_", 1, true) then goto next end
          local r = core.randn(table.unpack(p:size()))
          h = hash_update(h, format("%s:%.7g:%.7g:%.7g", np[1], p:sum():item(), (p * p):sum():item(),
                                    (p * r):sum():item()))
+         ::next::
       end
    end)
    core.set_rng_state(saved)
@@ -177,8 +191,25 @@ local function ref_lookup(ds, chosen, rejected)
    end
 end
 
+-- The policy's log-probs with its adapters off and in eval mode: the "base"
+-- reference (under no_grad; the policy's train mode comes back).
+local function base_logps(policy, ids, mask)
+   local was = policy:is_training()
+   if was then policy:eval() end
+   local ok, rl = pcall(lora.disabled, policy, core.no_grad, function() return (policy:logps(ids, mask)) end)
+   if was then policy:train(true) end
+   if not ok then error(rl, 0) end
+   return rl
+end
+
+-- A frozen copy of a policy with adapters, folded in: an ordinary model.
+local function merged_copy(policy)
+   return lora.merge(policy:clone(true))
+end
+
 -- TR-DPO: ref <- alpha * policy + (1 - alpha) * ref
 local function sync_reference(ref, policy, alpha)
+   if policy:lora() then policy = merged_copy(policy) end -- W + s B A, for a while
    local rp, pp = ref:parameters(), policy:parameters()
    core.no_grad(function()
       for i, r in ipairs(rp) do
@@ -198,6 +229,19 @@ end
 -- without one, the model the checkpoint's phase began with.
 local function reference_model(P)
    local ref, rst = P.o.ref, P.rst
+   local adapted = P.model:lora() ~= nil
+   if ref == "base" and not adapted then
+      fail(P.fname, "ref = \"base\" is the policy with its adapters off: the policy has none (dpo.lora.apply)")
+   end
+   if ref == false or NO_REF[P.loss_name] then return nil end
+   if adapted and (ref == nil or ref == "base") then
+      if P.o.sync_ref == nil then return "base" end
+      if ref == "base" then
+         fail(P.fname, "sync_ref (TR-DPO) moves the reference, which ref = \"base\" cannot: leave ref " ..
+              "nil for a merged copy of the policy")
+      end
+      return merged_copy(P.model) -- TR-DPO's moving reference: the weights it mixes
+   end
    if ref == nil and rst then
       -- the reference was the policy as the phase began: the checkpoint names it
       local src = rst.reference and rst.reference.source
@@ -252,14 +296,18 @@ local function precompute(P, R)
       dir = parent .. "/cache"
    end
    local copts = { dir = dir, batch_size = o.eval_batch_size or 2 * P.bs }
-   local c, r, path = ref_table(R.model, P.ds, copts, P.say)
-   R.lookup = ref_lookup(P.ds, c, r)
-   R.caches = { path }
-   if o.eval_data then
-      local ec, er, epath = ref_table(R.model, o.eval_data, copts, P.say)
-      R.eval_lookup = ref_lookup(o.eval_data, ec, er)
-      R.caches[2] = epath
+   local ref = R.mode == "base" and P.model or R.model
+   local function tables()
+      local c, r, path = ref_table(ref, P.ds, copts, P.say)
+      R.lookup = ref_lookup(P.ds, c, r)
+      R.caches = { path }
+      if o.eval_data then
+         local ec, er, epath = ref_table(ref, o.eval_data, copts, P.say)
+         R.eval_lookup = ref_lookup(o.eval_data, ec, er)
+         R.caches[2] = epath
+      end
    end
+   if R.mode == "base" then lora.disabled(P.model, tables) else tables() end
    R.model, R.mode = nil, "precomputed"
    collectgarbage()
 end
@@ -268,16 +316,33 @@ function reference.setup(P)
    local R = { mode = "none", sync = P.o.sync_ref, last_sync = 0 }
    if P.sft then return R end
    R.model = reference_model(P)
-   if R.model then R.mode = "model" end
+   if R.model == "base" then
+      R.model, R.mode, R.base = nil, "base", P.model
+   elseif R.model then
+      R.mode = "model"
+   end
    if R.sync ~= nil then setup_sync(P, R) end
-   if P.o.precompute_ref and R.model then precompute(P, R) end
+   if P.o.precompute_ref and (R.model or R.base) then precompute(P, R) end
+   if R.mode ~= "base" then R.base = nil end
    return R
+end
+
+function reference.eval_logps(R)
+   if not R.base then return nil end
+   return function(_, b)
+      local B = b.size
+      local rl = base_logps(R.base, b.ids, b.mask)
+      return rl:narrow(1, 1, B), rl:narrow(1, B + 1, B)
+   end
 end
 
 function reference.logps(R, b, loss_name)
    local B = b.size
    if R.lookup then
       return R.lookup(b.pairs)
+   elseif R.base then
+      local rl = base_logps(R.base, b.ids, b.mask)
+      return rl:narrow(1, 1, B), rl:narrow(1, B + 1, B)
    elseif R.model then
       local ref = R.model
       local rl = core.no_grad(function() return (ref:logps(b.ids, b.mask)) end)

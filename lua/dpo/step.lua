@@ -89,6 +89,9 @@ end
 -- metrics, the tokens read.
 local function micro_step(P, b)
    local B = b.size
+   -- the reference first: it may be the policy itself with its adapters off
+   local ref_c, ref_r
+   if not P.sft then ref_c, ref_r = reference.logps(P.ref, b, P.loss_name) end
    local lp, cnt = P.model:logps(b.ids, b.mask)
    local loss, m
    if P.sft then
@@ -100,7 +103,7 @@ local function micro_step(P, b)
          pi_c = lp:narrow(1, 1, B), pi_r = lp:narrow(1, B + 1, B),
          n_c = cnt:narrow(1, 1, B), n_r = cnt:narrow(1, B + 1, B), beta = P.beta,
       }
-      args.ref_c, args.ref_r = reference.logps(P.ref, b, P.loss_name)
+      args.ref_c, args.ref_r = ref_c, ref_r
       for k, v in pairs(P.o.loss_options or {}) do args[k] = v end
       loss, m = P.loss_fn(args)
       if not core.is_tensor(loss) then

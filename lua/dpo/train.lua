@@ -71,7 +71,10 @@
 --                            resuming: loaded from the checkpoint's
 --                            ref_source); false: none (log-probs 0; the
 --                            reference-free losses simpo, orpo, cpo and sft
---                            never use one)
+--                            never use one); "base" (the default when the
+--                            policy has LoRA adapters, dpo.lora): the policy
+--                            with its adapters off, no copy kept (with
+--                            sync_ref, nil gives a merged copy instead)
 --   precompute_ref [false]   compute the reference log-probs of every train
 --                            and eval pair once, before training, and cache
 --                            them on disk (ref_cache); the reference model is
@@ -274,8 +277,8 @@ local function check_options(o, kind, fname)
       if type(o.beta) == "number" and not (finite(o.beta) and o.beta > 0) then
          fail(fname, "beta must be a finite number > 0, got %s", tostring(o.beta))
       end
-      if o.ref ~= nil and o.ref ~= false and not is_model(o.ref) then
-         fail(fname, "ref must be a model (dpo.model), false or nil, got %s", tostring(o.ref))
+      if o.ref ~= nil and o.ref ~= false and o.ref ~= "base" and not is_model(o.ref) then
+         fail(fname, "ref must be a model (dpo.model), \"base\", false or nil, got %s", tostring(o.ref))
       end
       if o.loss ~= nil and type(o.loss) ~= "string" and type(o.loss) ~= "function" then
          fail(fname, "loss must be a name of dpo.losses.list() or a function, got %s", type(o.loss))
@@ -437,7 +440,7 @@ local function evaluate(P, at)
       local b = P.beta or P.beta_s(math.max(at - P.first, 1), P.last_metrics)
       m = eval.preferences(P.model, P.ref.model or false, o.eval_data, {
          batch_size = P.eval_bs, max_pairs = o.eval_pairs, beta = b, loss = P.loss_fn,
-         loss_options = o.loss_options, ref_logps = P.ref.eval_lookup,
+         loss_options = o.loss_options, ref_logps = P.ref.eval_lookup or reference.eval_logps(P.ref),
       })
    end
    local rec = { step = at, phase = P.phase, elapsed = P.run:elapsed() }

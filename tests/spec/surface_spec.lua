@@ -1501,7 +1501,7 @@ case("dpo.model.is_model", {
 })
 
 for _, name in ipairs { "config", "eval", "freeze", "is_frozen", "is_training", "named_parameters",
-                        "num_params", "parameters", "zero_grad", "dropout_state" } do
+                        "num_params", "parameters", "zero_grad", "dropout_state", "lora" } do
    case("dpo.Llama." .. name, { args = { SELF_LMODEL() } })
 end
 case("dpo.Llama.clone", { args = { SELF_LMODEL(), S.opt(S.any(true)) } })
@@ -1593,6 +1593,85 @@ case("dpo.Llama.save", {
       t.fails("a path that is a file", dpo.Llama.save, lmodel(), F.garbage)
       t.fails("a directory that cannot be made", dpo.Llama.save, lmodel(), F.missing)
       t.fails("an unknown option", dpo.Llama.save, lmodel(), fresh_path(), { dtyp = "float32" })
+   end,
+})
+
+case("dpo.gpt.source", {
+   args = { S.obj(function() return dpo.gpt.load(F.model) end, DEAD_MODEL) },
+   check = function(dir) assert.are.equal(F.model, dir) end,
+})
+
+-- ---- LoRA adapters -------------------------------------------------------------------------------
+
+local function lora_model() return dpo.lora.apply(model(), { r = 2 }) end
+local LORA_MODEL = S.obj(lora_model, DEAD_MODEL)
+F.lora = DIR .. "/lora"
+dpo.lora.save(lora_model(), F.lora)
+local function lora_opts(c_side)
+   return S.opts({ r = S.opt(S.int(2)), alpha = S.opt(S.fin(4)),
+                   dropout = S.opt(S.fin(0, { bad = OUT_OF_RANGE })),
+                   use_rslora = S.opt(S.bool(true)), seed = S.opt(S.int(1, { ok = ANY_INT })),
+                   target_modules = S.opt(S.any({ "c_attn" })) },
+                 { strict = true, optional = not c_side })
+end
+case("dpo.lora.apply", {
+   args = { S.obj(model, DEAD_MODEL), lora_opts(false) },
+   check = function(m) assert.are.equal(2, m:lora().r) end,
+   extra = function(t)
+      t.fails("adapters twice", dpo.lora.apply, lora_model(), {})
+      t.fails("a Llama (adapters are GPT-2's so far)", dpo.lora.apply, lmodel(), {})
+      t.fails("a target GPT-2 lacks", dpo.lora.apply, model(), { target_modules = { "q_proj" } })
+      t.fails("a target that is a number", dpo.lora.apply, model(), { target_modules = { 1 } })
+      t.fails("a huge rank", dpo.lora.apply, model(), { r = 100000 })
+   end,
+})
+case("dpo.GPT.lora_apply", {
+   args = { SELF_MODEL(), lora_opts(true) },
+   extra = function(t)
+      t.fails("target_modules a number", dpo.GPT.lora_apply, model(), { target_modules = 3 })
+      t.fails("r = 0", dpo.GPT.lora_apply, model(), { r = 0 })
+   end,
+})
+case("dpo.GPT.lora", { args = { SELF_MODEL() } })
+case("dpo.GPT.base_hash", { args = { SELF_MODEL() } })
+case("dpo.GPT.lora_enable", {
+   args = { LORA_MODEL, S.any(false) },
+   check = function(was) assert.is_true(was) end,
+   extra = function(t) t.fails("a model without adapters", dpo.GPT.lora_enable, model(), true) end,
+})
+case("dpo.GPT.lora_merge", {
+   args = { LORA_MODEL },
+   extra = function(t) t.fails("a model without adapters", dpo.GPT.lora_merge, model()) end,
+})
+case("dpo.lora.config", {
+   args = { LORA_MODEL },
+   check = function(c) assert.are.same({ "c_attn" }, c.target_modules) end,
+})
+case("dpo.lora.disabled", {
+   args = { LORA_MODEL, S.fn(function() return 7 end) },
+   check = function(v) assert.are.equal(7, v) end,
+   extra = function(t) t.fails("a model without adapters", dpo.lora.disabled, model(), noop) end,
+})
+case("dpo.lora.merge", {
+   args = { LORA_MODEL },
+   extra = function(t) t.fails("a model without adapters", dpo.lora.merge, model()) end,
+})
+case("dpo.lora.save", {
+   args = { LORA_MODEL, S.path(function() return fresh_path() end),
+            S.opts({ base_model_name_or_path = S.opt(S.str("gpt2")) }, { strict = true, optional = true }) },
+   check = function(r) assert.is_true(r) end,
+   extra = function(t)
+      t.fails("a model without adapters", dpo.lora.save, model(), fresh_path())
+      t.fails("a path that is a file", dpo.lora.save, lora_model(), F.garbage)
+   end,
+})
+case("dpo.lora.load", {
+   args = { S.obj(model, DEAD_MODEL), S.path(F.lora) },
+   check = function(m) assert.are.equal(2, m:lora().r) end,
+   extra = function(t)
+      t.fails("a missing directory", dpo.lora.load, model(), F.missing)
+      t.fails("a directory without adapters", dpo.lora.load, model(), DIR)
+      t.fails("a model checkpoint", dpo.lora.load, model(), F.model)
    end,
 })
 
