@@ -233,63 +233,88 @@ end
 
 -- ---- the pipeline ------------------------------------------------------------------------
 
-function M.main(argv, defaults)
+--[[
+J, the job: what the steps below share.
+  o, argv, t0      the options, the command line, the start time
+  how_to_resume    the command that continues this run
+  run, latest, st  the run (dpo.log), the checkpoint resumed from and its
+                   trainer state (nil when starting)
+  train_path, test_path, train_ds, test_ds, eval_ds   the data
+  tok, model       the tokenizer and the model trained (SFT, then DPO)
+  initial          a frozen copy of the model before any training
+  sft_model        a frozen copy after SFT: DPO's reference
+  sft, dpo         the phases' results
+]]
+
+-- The options: the command line's, or those of the run being resumed. The
+-- threads, the generator and the signals set as they say.
+local function setup(argv, defaults)
    local o = cli.parse(argv, M.spec, defaults)
    if o.resume ~= "" then o = resume_options(o, defaults) end
-   local t0 = dpo.clock()
+   local J = { o = o, argv = argv, t0 = dpo.clock() }
    if o.threads > 0 then dpo.set_num_threads(o.threads) end
    dpo.manual_seed(o.seed)
-   local progress = o.progress ~= "auto" and o.progress or nil
    -- from here a first Ctrl-C or SIGTERM is a request to stop at a step boundary
    dpo.trap_signals()
-   local how_to_resume = ("%s %s --resume %s"):format(interpreter(), arg and arg[0] or "recipes/hh.lua", o.out)
-   local function stop_here(where, checkpoint)
-      local sig, code = dpo.pending_signal()
-      if not sig then return end
-      io.stdout:flush()
-      io.stderr:write(("stopped by %s %s; the last checkpoint is %s\nresume with: %s\n"):format(
-         sig, where, checkpoint, how_to_resume))
-      os.exit(code, true)
-   end
+   J.how_to_resume = ("%s %s --resume %s"):format(interpreter(), arg and arg[0] or "recipes/hh.lua", o.out)
+   return J
+end
 
-   -- the data files and the run directory: a mistake is reported before any work
-   local train_path, test_path = data_files(o.data)
-   local latest, run
+-- Between the phases: a signal that came during a phase's last step (or
+-- after it) ends the process here, naming the checkpoint to go on from.
+local function stop_here(J, where, checkpoint)
+   local sig, code = dpo.pending_signal()
+   if not sig then return end
+   io.stdout:flush()
+   io.stderr:write(("stopped by %s %s; the last checkpoint is %s\nresume with: %s\n"):format(
+      sig, where, checkpoint, J.how_to_resume))
+   os.exit(code, true)
+end
+
+-- The run directory (and, with --resume, its newest checkpoint): a mistake
+-- is reported before any work.
+local function open_run(J)
+   local o = J.o
+   J.train_path, J.test_path = data_files(o.data)
    if o.resume ~= "" then
-      local why
-      latest, why = dpo.train.latest_checkpoint(o.out, function(text) say("%s", text) end)
+      local latest, why = dpo.train.latest_checkpoint(o.out, function(text) say("%s", text) end)
       if latest then
          local st = latest.state
          local okr, r = pcall(dpo.log.open, o.out, { resume = st.log_history or {}, elapsed = st.elapsed })
          if not okr then die((tostring(r):gsub("^.-:%d+: ", ""))) end
-         run = r
+         J.run, J.latest, J.st = r, latest, st
          say("resuming %s from %s (%s, step %s)", o.out, latest.path, tostring(st.phase),
              tostring(math.tointeger(st.global_step) or st.global_step))
       else
          say("%s: starting the run from the beginning", why)
       end
    end
-   if not run then
+   if not J.run then
       local okr, r = pcall(dpo.log.open, o.out, { overwrite = o.overwrite or o.resume ~= "", config = o._flat })
       if not okr then die((tostring(r):gsub("^.-:%d+: ", ""))) end
-      run = r
+      J.run = r
    end
-   local st = latest and latest.state
+end
 
-   -- data
-   local train_raw, err1 = dpo.data.hh(train_path)
+-- The train and test pairs, cleaned and deduplicated.
+local function load_data(J)
+   local train_raw, err1 = dpo.data.hh(J.train_path)
    if not train_raw then die(err1) end
-   local test_raw, err2 = dpo.data.hh(test_path)
+   local test_raw, err2 = dpo.data.hh(J.test_path)
    if not test_raw then die(err2) end
    local clean = dpo.filters.hh_clean()
    local train = train_raw:filter(clean):filter(dpo.filters.dedupe())
    local test = test_raw:filter(clean):filter(dpo.filters.dedupe())
-   say("data: %s: %d pairs (%d removed by filters); %s: %d pairs", train_path, #train,
-       #train_raw - #train, test_path, #test)
+   say("data: %s: %d pairs (%d removed by filters); %s: %d pairs", J.train_path, #train,
+       #train_raw - #train, J.test_path, #test)
+   return train, test
+end
 
-   -- tokenizer and model
-   local tok, model
+-- The tokenizer and the model: trained and made from scratch, or --model's.
+local function tokenizer_and_model(J, train)
+   local o = J.o
    if scratch(o) then
+      local tok
       if o.tiny.tokenizer == "bytes" then
          tok = dpo.tokenizer.bytes()
       else
@@ -297,122 +322,110 @@ function M.main(argv, defaults)
          for p in train:iter() do texts[#texts + 1] = p.prompt .. p.chosen .. p.rejected end
          tok = dpo.tokenizer.train(texts, { vocab_size = o.tiny.vocab_size })
       end
-      model = dpo.gpt.new{ vocab_size = tok:vocab_size(), n_ctx = o.max_length, n_layer = o.tiny.n_layer,
-                           n_head = o.tiny.n_head, n_embd = o.tiny.n_embd, seed = o.seed }
-   else
-      local okm, m = pcall(dpo.gpt.load, o.model)
-      if not okm then die(tostring(m)) end
-      model = m
-      local okt, t = pcall(dpo.tokenizer.load, o.model)
-      if not okt then die(tostring(t)) end
-      tok = t
-      if model:config().n_ctx < o.max_length then
-         die(("--max_length=%d is longer than the model's context (%d)"):format(o.max_length,
-                                                                              model:config().n_ctx))
-      end
+      J.tok = tok
+      J.model = dpo.gpt.new{ vocab_size = tok:vocab_size(), n_ctx = o.max_length, n_layer = o.tiny.n_layer,
+                             n_head = o.tiny.n_head, n_embd = o.tiny.n_embd, seed = o.seed }
+      return
    end
-   local tokopts = { max_length = o.max_length, max_prompt_length = o.max_prompt_length }
-   local train_ds = train:tokenize(tok, tokopts)
-   local test_ds = test:tokenize(tok, tokopts)
-   if #train_ds == 0 or #test_ds == 0 then die("no pairs are left after tokenization") end
-   local eval_ds = test_ds:take(math.min(o.eval_pairs, #test_ds))
-   say("model: %s; tokenizer: %d tokens", tostring(model), tok:vocab_size())
-   local initial = model:clone(true)
+   local okm, m = pcall(dpo.gpt.load, o.model)
+   if not okm then die(tostring(m)) end
+   J.model = m
+   local okt, t = pcall(dpo.tokenizer.load, o.model)
+   if not okt then die(tostring(t)) end
+   J.tok = t
+   if m:config().n_ctx < o.max_length then
+      die(("--max_length=%d is longer than the model's context (%d)"):format(o.max_length, m:config().n_ctx))
+   end
+end
 
-   local function lr_schedule(lr, warmup)
-      -- eric-mitchell's warmup, min(1, (k + 1) / (warmup + 1)) for update k = 0, 1, ...
-      return dpo.schedules.linear_warmup(lr, warmup + 1)
-   end
-   local common = {
-      data = train_ds, eval_data = eval_ds, tokenizer = tok, run = run, batch_size = o.batch_size,
+-- The tokenized train, test and evaluation sets.
+local function tokenize(J, train, test)
+   local o = J.o
+   local tokopts = { max_length = o.max_length, max_prompt_length = o.max_prompt_length }
+   J.train_ds = train:tokenize(J.tok, tokopts)
+   J.test_ds = test:tokenize(J.tok, tokopts)
+   if #J.train_ds == 0 or #J.test_ds == 0 then die("no pairs are left after tokenization") end
+   J.eval_ds = J.test_ds:take(math.min(o.eval_pairs, #J.test_ds))
+end
+
+-- eric-mitchell's warmup, min(1, (k + 1) / (warmup + 1)) for update k = 0, 1, ...
+local function lr_schedule(lr, warmup)
+   return dpo.schedules.linear_warmup(lr, warmup + 1)
+end
+
+-- The options both phases share, with a phase's own.
+local function phase_opts(J, extra)
+   local o = J.o
+   local t = {
+      data = J.train_ds, eval_data = J.eval_ds, tokenizer = J.tok, run = J.run, batch_size = o.batch_size,
       grad_accum = o.grad_accum, max_grad_norm = o.max_grad_norm, seed = o.seed,
       eval_every = o.eval_every, save_every = o.save_every, log_every = o.log_every,
-      progress = progress,
+      progress = o.progress ~= "auto" and o.progress or nil,
    }
-   local function phase_opts(extra)
-      local t = {}
-      for k, v in pairs(common) do t[k] = v end
-      for k, v in pairs(extra) do t[k] = v end
-      return t
-   end
+   for k, v in pairs(extra) do t[k] = v end
+   return t
+end
 
-   -- copies the weights of a checkpoint's model into model
-   local function take_weights(from)
-      local src = {}
-      for _, np in ipairs(from:named_parameters()) do src[np[1]] = np[2] end
-      dpo.no_grad(function()
-         for _, np in ipairs(model:named_parameters()) do np[2]:copy(src[np[1]]) end
-      end)
-   end
+-- Copies the weights of a checkpoint's model into the model trained.
+local function take_weights(J, from)
+   local src = {}
+   for _, np in ipairs(from:named_parameters()) do src[np[1]] = np[2] end
+   dpo.no_grad(function()
+      for _, np in ipairs(J.model:named_parameters()) do np[2]:copy(src[np[1]]) end
+   end)
+end
 
-   -- 1. SFT
+-- 1. SFT, or, when resuming past it, the model it ended with.
+local function sft_phase(J)
+   local o, st, latest = J.o, J.st, J.latest
    say("\n== SFT: %s ==", o.sft.steps > 0 and (o.sft.steps .. " steps") or (o.sft.epochs .. " epoch(s)"))
-   local sft
    if st and (st.kind == "dpo" or st.complete) then
       -- done before: the model it ended with is the checkpoint's, or the DPO phase's reference
       local path = st.kind == "sft" and latest.path or (st.reference and st.reference.source)
       local okm, m = true, latest.model
       if st.kind == "dpo" then okm, m = pcall(dpo.gpt.load, tostring(path)) end
       if not okm then die(("cannot resume: the SFT checkpoint the DPO phase began from: %s"):format(tostring(m))) end
-      take_weights(m)
-      sft = { checkpoint = path, step = math.tointeger(st.kind == "sft" and st.global_step or st.first_step) }
+      take_weights(J, m)
       say("done before: %s", path)
-   else
-      sft = phase(dpo.train.sft, phase_opts{
-         model = model, max_steps = o.sft.steps > 0 and o.sft.steps or nil, epochs = o.sft.epochs,
-         optimizer = o.sft.optimizer, lr = lr_schedule(o.sft.lr, o.sft.warmup), resume = latest,
-      }, how_to_resume)
+      return { checkpoint = path, step = math.tointeger(st.kind == "sft" and st.global_step or st.first_step) }
    end
-   local sft_model = model:clone(true)
-   local sft_checkpoint = sft.checkpoint
-   stop_here("after SFT", sft_checkpoint)
+   return phase(dpo.train.sft, phase_opts(J, {
+      model = J.model, max_steps = o.sft.steps > 0 and o.sft.steps or nil, epochs = o.sft.epochs,
+      optimizer = o.sft.optimizer, lr = lr_schedule(o.sft.lr, o.sft.warmup), resume = latest,
+   }), J.how_to_resume)
+end
 
-   local function write_report(final, samples)
-      local facts = {
-         { "data", ("%s (%d train, %d test pairs)"):format(o.data, #train_ds, #test_ds) },
-         { "model", tostring(model) },
-         { "loss", o.dpo.loss .. (o.dpo.loss_options ~= "" and (" (" .. o.dpo.loss_options .. ")") or "") },
-         { "beta", o.dpo.beta },
-         { "time", fmt_time(dpo.clock() - t0) },
-      }
-      dpo.report.write(run.dir .. "/report.html", {
-         title = "HH: SFT, then DPO", subtitle = "dpolua recipes/hh.lua " .. table.concat(argv or {}, " "),
-         records = run.records, table = final, samples = samples, facts = facts,
-         policy_name = "DPO", ref_name = "SFT", config = cli.dump(o),
-      })
-   end
-   write_report(nil, nil)
-
-   -- 2. DPO, the SFT model as the reference
+-- 2. DPO, the SFT model as the reference (or, resuming past it, its model).
+local function dpo_phase(J)
+   local o, st, latest = J.o, J.st, J.latest
    say("\n== DPO (%s, beta %g): %s ==", o.dpo.loss, o.dpo.beta,
        o.dpo.steps > 0 and (o.dpo.steps .. " steps") or (o.dpo.epochs .. " epoch(s)"))
    local loss_options = parse_kv(o.dpo.loss_options)
-   local dpo_opts = phase_opts{
-      policy = model, ref = sft_model, ref_source = sft_checkpoint, global_step = sft.step,
+   local dpo_opts = phase_opts(J, {
+      policy = J.model, ref = J.sft_model, ref_source = J.sft.checkpoint, global_step = J.sft.step,
       max_steps = o.dpo.steps > 0 and o.dpo.steps or nil, epochs = o.dpo.epochs,
       optimizer = o.dpo.optimizer, lr = lr_schedule(o.dpo.lr, o.dpo.warmup), beta = o.dpo.beta,
       loss = o.dpo.loss, loss_options = loss_options,
-   }
+   })
    if o.dpo.ref == "precompute" then
       dpo_opts.precompute_ref = true
    elseif o.dpo.ref == "sync" then
-      dpo_opts.ref = sft_model:clone(true)
+      dpo_opts.ref = J.sft_model:clone(true)
       dpo_opts.sync_ref = { tau = o.dpo.sync_tau, alpha = o.dpo.sync_alpha }
    end
-   local result
    if st and st.kind == "dpo" and st.complete then
-      take_weights(latest.model)
-      result = { checkpoint = latest.path }
+      take_weights(J, latest.model)
       say("done before: %s", latest.path)
-   else
-      if st and st.kind == "dpo" then dpo_opts.resume = latest end
-      result = phase(dpo.train.dpo, dpo_opts, how_to_resume)
+      return { checkpoint = latest.path }
    end
-   stop_here("after DPO", result.checkpoint)
-   -- the training is saved: from here Ctrl-C interrupts at once, as in any script
-   dpo.release_signals()
+   if st and st.kind == "dpo" then dpo_opts.resume = latest end
+   return phase(dpo.train.dpo, dpo_opts, J.how_to_resume)
+end
 
-   -- 3. evaluation: SFT and DPO on the held-out pairs
+-- 3. The held-out table: SFT and DPO, each against the SFT model and the
+-- initial one. -> the table, DPO against SFT
+local function evaluation_table(J)
+   local o, model, sft_model, initial, eval_ds = J.o, J.model, J.sft_model, J.initial, J.eval_ds
    say("\n== Evaluation on %d held-out pairs ==", #eval_ds)
    local ev = { batch_size = 2 * o.batch_size, beta = o.dpo.beta }
    local dpo_vs_sft = dpo.eval.preferences(model, sft_model, eval_ds, ev)
@@ -437,19 +450,71 @@ function M.main(argv, defaults)
          "accuracy counts the pairs whose chosen reward is strictly higher. The SFT model is the " ..
          "DPO reference, so its own rewards against it are 0.",
    }
-   local prompts = {}
-   for i = 1, math.min(o.samples, #test_ds) do prompts[i] = test_ds:get(i) end
-   local samples = dpo.eval.samples(model, tok, prompts, { ref = sft_model, max_new_tokens = o.max_new_tokens,
-                                                           seed = o.seed })
-   write_report(final, samples)
-   run:close()
+   return final, dpo_vs_sft
+end
 
+-- Greedy replies of DPO and SFT to the first --samples held-out prompts.
+local function sample_replies(J)
+   local o = J.o
+   local prompts = {}
+   for i = 1, math.min(o.samples, #J.test_ds) do prompts[i] = J.test_ds:get(i) end
+   return dpo.eval.samples(J.model, J.tok, prompts, { ref = J.sft_model, max_new_tokens = o.max_new_tokens,
+                                                      seed = o.seed })
+end
+
+-- OUT/report.html: the records so far, and the final table and samples once
+-- there are some.
+local function write_report(J, final, samples)
+   local o = J.o
+   local facts = {
+      { "data", ("%s (%d train, %d test pairs)"):format(o.data, #J.train_ds, #J.test_ds) },
+      { "model", tostring(J.model) },
+      { "loss", o.dpo.loss .. (o.dpo.loss_options ~= "" and (" (" .. o.dpo.loss_options .. ")") or "") },
+      { "beta", o.dpo.beta },
+      { "time", fmt_time(dpo.clock() - J.t0) },
+   }
+   dpo.report.write(J.run.dir .. "/report.html", {
+      title = "HH: SFT, then DPO", subtitle = "dpolua recipes/hh.lua " .. table.concat(J.argv or {}, " "),
+      records = J.run.records, table = final, samples = samples, facts = facts,
+      policy_name = "DPO", ref_name = "SFT", config = cli.dump(o),
+   })
+end
+
+-- The final table, the samples and where the run's files are, on stdout.
+local function print_summary(J, final, samples)
+   local run = J.run
    say("\n%s\n", dpo.report.text_table(final))
    say("Samples (greedy, held-out prompts):\n%s\n", dpo.eval.format_samples(samples, {
       policy_name = "DPO", ref_name = "SFT" }))
-   say("run: %s/metrics.jsonl, %s/report.html, %s", run.dir, run.dir, result.checkpoint or "(no checkpoint)")
-   say("time: %s", fmt_time(dpo.clock() - t0))
-   return { sft = sft, dpo = result, final = final, dpo_vs_sft = dpo_vs_sft, samples = samples, run = run }
+   say("run: %s/metrics.jsonl, %s/report.html, %s", run.dir, run.dir, J.dpo.checkpoint or "(no checkpoint)")
+   say("time: %s", fmt_time(dpo.clock() - J.t0))
+end
+
+function M.main(argv, defaults)
+   local J = setup(argv, defaults)
+   open_run(J)
+   local train, test = load_data(J)
+   tokenizer_and_model(J, train)
+   tokenize(J, train, test)
+   say("model: %s; tokenizer: %d tokens", tostring(J.model), J.tok:vocab_size())
+   J.initial = J.model:clone(true)
+
+   J.sft = sft_phase(J)
+   J.sft_model = J.model:clone(true)
+   stop_here(J, "after SFT", J.sft.checkpoint)
+   write_report(J, nil, nil)
+
+   J.dpo = dpo_phase(J)
+   stop_here(J, "after DPO", J.dpo.checkpoint)
+   -- the training is saved: from here Ctrl-C interrupts at once, as in any script
+   dpo.release_signals()
+
+   local final, dpo_vs_sft = evaluation_table(J)
+   local samples = sample_replies(J)
+   write_report(J, final, samples)
+   J.run:close()
+   print_summary(J, final, samples)
+   return { sft = J.sft, dpo = J.dpo, final = final, dpo_vs_sft = dpo_vs_sft, samples = samples, run = J.run }
 end
 
 if (...) ~= "dpo.recipe" then M.main(arg) end

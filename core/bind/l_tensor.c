@@ -590,6 +590,8 @@ UNARY(relu, DPO_OP_RELU)
 UNARY(gelu, DPO_OP_GELU)
 UNARY(logsigmoid, DPO_OP_LOGSIGMOID)
 UNARY(softplus, DPO_OP_SOFTPLUS)
+UNARY(silu, DPO_OP_SILU)
+UNARY(rsqrt, DPO_OP_RSQRT)
 
 static int l_unm(lua_State *L) {
     return unary(L, DPO_OP_NEG);
@@ -1151,9 +1153,11 @@ static const luaL_Reg methods[] = {
     {"pow", l_pow},
     {"relu", l_relu},
     {"reshape", l_reshape},
+    {"rsqrt", l_rsqrt},
     {"select", l_select},
     {"shape", l_shape},
     {"sigmoid", l_sigmoid},
+    {"silu", l_silu},
     {"size", l_size},
     {"softmax", l_softmax},
     {"softplus", l_softplus},

@@ -1,5 +1,5 @@
 /*
-** l_util.h: helpers shared by the Lua bindings (core/l_*.c).
+** l_util.h: helpers shared by the Lua bindings (core/bind/l_*.c).
 ** Metatable names, argument checks and the one way an engine error
 ** becomes a Lua error.
 */

@@ -44,6 +44,8 @@ int dpo_op_differentiable(dpo_op op) {
     case DPO_OP_GELU:
     case DPO_OP_LOGSIGMOID:
     case DPO_OP_SOFTPLUS:
+    case DPO_OP_SILU:
+    case DPO_OP_RSQRT:
     case DPO_OP_CLAMP:
     case DPO_OP_MATMUL:
     case DPO_OP_SUM:
@@ -72,8 +74,8 @@ int dpo_op_differentiable(dpo_op op) {
 
 /* Ops whose backward reads the output's values. */
 static int keeps_output(dpo_op op) {
-    return op == DPO_OP_EXP || op == DPO_OP_SQRT || op == DPO_OP_SIGMOID || op == DPO_OP_TANH ||
-           op == DPO_OP_POW || op == DPO_OP_DIV || op == DPO_OP_SOFTMAX ||
+    return op == DPO_OP_EXP || op == DPO_OP_SQRT || op == DPO_OP_RSQRT || op == DPO_OP_SIGMOID ||
+           op == DPO_OP_TANH || op == DPO_OP_POW || op == DPO_OP_DIV || op == DPO_OP_SOFTMAX ||
            op == DPO_OP_LOG_SOFTMAX || op == DPO_OP_LOGSUMEXP;
 }
 
@@ -296,6 +298,14 @@ static dpo_tensor *unary_grad(const dpo_node *nd, dpo_tensor *g, dpo_error *e) {
                 break;
             case DPO_OP_SOFTPLUS: /* sigmoid(v) */
                 d = v >= 0 ? 1 / (1 + expf(-v)) : expf(v) / (1 + expf(v));
+                break;
+            case DPO_OP_SILU: { /* s (1 + v (1 - s)), s = sigmoid(v) */
+                float s = v >= 0 ? 1 / (1 + expf(-v)) : expf(v) / (1 + expf(v));
+                d = s * (1 + v * (1 - s));
+                break;
+            }
+            case DPO_OP_RSQRT: /* -y^3 / 2 */
+                d = -0.5f * ys[i] * ys[i] * ys[i];
                 break;
             case DPO_OP_CLAMP:
                 d = ((!nd->p.has_lo || v >= nd->p.lo) && (!nd->p.has_hi || v <= nd->p.hi)) ? 1.0f
@@ -623,6 +633,8 @@ static dpo_status node_backward(const dpo_node *nd, dpo_tensor *g, dpo_tensor **
     case DPO_OP_GELU:
     case DPO_OP_LOGSIGMOID:
     case DPO_OP_SOFTPLUS:
+    case DPO_OP_SILU:
+    case DPO_OP_RSQRT:
     case DPO_OP_CLAMP:
         FAIL_IF(grads[0] = unary_grad(nd, g, e));
         break;

@@ -55,6 +55,8 @@ typedef enum {
     DPO_OP_GELU,
     DPO_OP_LOGSIGMOID,
     DPO_OP_SOFTPLUS,
+    DPO_OP_SILU,  /* x * sigmoid(x) */
+    DPO_OP_RSQRT, /* 1 / sqrt(x) */
     DPO_OP_CLAMP,
     /* products and reductions */
     DPO_OP_MATMUL,

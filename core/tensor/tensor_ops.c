@@ -353,6 +353,12 @@ static void un_f32(dpo_op op, float *o, const float *a, int64_t n) {
     case DPO_OP_SOFTPLUS:
         ULOOP(f_softplus(x));
         break;
+    case DPO_OP_SILU:
+        ULOOP(x * f_sigmoid(x));
+        break;
+    case DPO_OP_RSQRT:
+        ULOOP(1.0f / sqrtf(x));
+        break;
     default:
         break;
     }
@@ -361,7 +367,7 @@ static void un_f32(dpo_op op, float *o, const float *a, int64_t n) {
 dpo_tensor *dpo_unary(dpo_op op, const dpo_tensor *a, dpo_error *e) {
     dpo_tensor *ca, *out;
     int64_t n;
-    if (op < DPO_OP_NEG || op > DPO_OP_SOFTPLUS)
+    if (op < DPO_OP_NEG || op > DPO_OP_RSQRT)
         return dpo_fail(e, DPO_ERR_ARG, 0, "'%s' is not a unary operation", dpo_op_name(op));
     if (a->dtype == DPO_I32 && (op == DPO_OP_NEG || op == DPO_OP_ABS)) {
         const int32_t *s;

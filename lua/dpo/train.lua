@@ -105,453 +105,42 @@
 -- A checkpoint whose save fails (a full disk) is an error that names the last
 -- complete one, which stays as it was. The final checkpoint of a phase has
 -- complete = true in its trainer_state.json.
+--
+-- The pieces live in their own files: dpo.checkpoint (checkpoint files,
+-- resume state, exact numbers), dpo.reference (frozen, precomputed and
+-- TR-DPO references, cache keys), dpo.step (one optimizer step: batches,
+-- forward, loss, backward, clipping, the update, log records). They share
+-- the phase table P that `prepare` below makes.
+
 local core = require "dpo.core"
-local check = require "dpo.check"
-local cjson = require("cjson").new()
-local lfs = require "lfs"
 local log = require "dpo.log"
 local eval = require "dpo.eval"
 local optim = require "dpo.optim"
-local gpt = require "dpo.gpt"
-
-cjson.encode_invalid_numbers("null")
-cjson.encode_sparse_array(true)
+local checkpoint = require "dpo.checkpoint"
+local reference = require "dpo.reference"
+local step = require "dpo.step"
 
 local train = {}
 
 local format = string.format
-local STATE_FORMAT = "dpolua.trainer_state.v1"
 
 local function finite(x)
    return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
--- "NaN", "inf", "-inf" or the number
-local function show_number(x)
-   if x ~= x then return "NaN" end
-   return tostring(x)
 end
 
 local function fail(fname, msg, ...)
    error(format("dpo.train.%s: " .. msg, fname, ...), 0)
 end
 
--- A path argument of train.<fname> (see dpo.check).
-local function check_path(fname, p, what, level)
-   check.path("dpo.train." .. fname, p, what, level + 1)
-end
+-- ---- checkpoints, cache keys, exact numbers (see dpo.checkpoint, dpo.reference) -----------
 
-local function hex(s)
-   if type(s) ~= "string" then error("dpo.train.hex: expected a string, got " .. type(s), 2) end
-   return (s:gsub(".", function(c) return format("%02x", c:byte()) end))
-end
+train.save_checkpoint = checkpoint.save
+train.load_checkpoint = checkpoint.load
+train.latest_checkpoint = checkpoint.latest
+train.checkpoints = checkpoint.list
+train.data_key, train.weights_key = reference.data_key, reference.weights_key
 
-local function unhex(s)
-   if type(s) ~= "string" then error("dpo.train.unhex: expected a string, got " .. type(s), 2) end
-   return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
-end
-
--- Numbers that must come back exactly from trainer_state.json (JSON keeps 14
--- digits): a float is written as "f:" and the hex of its 8 bytes.
-local function exact(t)
-   if t == nil then return nil end
-   local out = {}
-   for k, v in pairs(t) do
-      if math.type(v) == "float" then v = "f:" .. hex(string.pack("<d", v)) end
-      out[k] = v
-   end
-   return out
-end
-
-local function unexact(t)
-   if type(t) ~= "table" then return nil end
-   local out = {}
-   for k, v in pairs(t) do
-      if type(v) == "string" and v:match("^f:%x+$") and #v == 18 then
-         v = string.unpack("<d", unhex(v:sub(3)))
-      elseif math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
-         v = math.tointeger(v) -- cjson reads every number as a float
-      end
-      out[k] = v
-   end
-   return out
-end
-
--- ---- hashing (cache keys) ---------------------------------------------------------
-
--- A 64-bit FNV-1a style hash of strings, 8 bytes at a time.
-local PRIME = 0x100000001b3
-local function hash_update(h, s)
-   local n = #s
-   local i = 1
-   while i + 7 <= n do
-      h = (h ~ string.unpack("<i8", s, i)) * PRIME
-      i = i + 8
-   end
-   while i <= n do
-      h = (h ~ s:byte(i)) * PRIME
-      i = i + 1
-   end
-   return (h ~ n) * PRIME
-end
-
-local function hash_hex(h)
-   return format("%016x", h)
-end
-
--- The fingerprint of a tokenized dataset: every text and token count, and the
--- tokenization options.
-local function data_key(ds)
-   if type(ds) ~= "table" or type(ds.tokenizer) ~= "function" or type(ds.iter) ~= "function" then
-      error("dpo.train.data_key: expected a dataset, got " .. tostring(ds), 2)
-   end
-   local h = -3750763034362895579 -- the FNV offset basis, as a signed integer
-   local opts = ds._tokopts or {}
-   h = hash_update(h, format("%s|%s|%s|%s|%s", tostring(opts.max_length),
-                             tostring(opts.max_prompt_length), tostring(opts.truncation),
-                             tostring(opts.eos_id), tostring(opts.bos_id)))
-   local tok = ds:tokenizer()
-   if tok and tok.vocab_size then h = hash_update(h, tostring(tok:vocab_size())) end
-   for p in ds:iter() do
-      h = hash_update(h, p.prompt)
-      h = hash_update(h, p.chosen)
-      h = hash_update(h, p.rejected)
-      h = hash_update(h, format("%d,%d,%d", p.n_prompt or 0, p.n_chosen or 0, p.n_rejected or 0))
-   end
-   return hash_hex(h)
-end
-
--- The fingerprint of a model's weights: its config and, for each parameter,
--- its sum, its sum of squares and its dot product with a fixed random tensor
--- (the generator's state is restored afterwards).
-local function weights_key(model)
-   if not (type(model) == "userdata" and getmetatable(model) and getmetatable(model).__name == "dpo.GPT"
-           and pcall(model.is_frozen, model)) then
-      error("dpo.train.weights_key: expected a model (dpo.gpt), got " .. tostring(model), 2)
-   end
-   local h = -3750763034362895579
-   local c = model:config()
-   h = hash_update(h, format("%d|%d|%d|%d|%d", c.vocab_size, c.n_ctx, c.n_layer, c.n_head, c.n_embd))
-   local saved = core.rng_state()
-   core.manual_seed(20240531)
-   core.no_grad(function()
-      for _, np in ipairs(model:named_parameters()) do
-         local p = np[2]
-         local r = core.randn(table.unpack(p:size()))
-         h = hash_update(h, format("%s:%.7g:%.7g:%.7g", np[1], p:sum():item(), (p * p):sum():item(),
-                                   (p * r):sum():item()))
-      end
-   end)
-   core.set_rng_state(saved)
-   return hash_hex(h)
-end
-
-train.data_key, train.weights_key = data_key, weights_key
-
--- ---- reference log-probs ---------------------------------------------------------------
-
--- The reference log-probs of every pair of ds (in ds order): chosen, rejected
--- as float32 [N] tensors, from the cache file when it is there.
-local function ref_table(ref, ds, opts, say)
-   local key = data_key(ds) .. "-" .. weights_key(ref)
-   local path
-   if opts.dir then
-      local ok, err = log.mkdirs(opts.dir)
-      if not ok then fail("dpo", "cannot create the reference cache: %s", err) end
-      path = format("%s/ref_logps-%s.safetensors", opts.dir, key)
-      if lfs.attributes(path, "mode") == "file" then
-         local t, meta = core.load(path)
-         if t and t.chosen and t.rejected and t.chosen:size(1) == #ds and meta.key == key then
-            say(format("reference log-probs of %d pairs from %s", #ds, path))
-            return t.chosen, t.rejected, path, true
-         end
-      end
-   end
-   local c, r, at = {}, {}, 0
-   local bs = opts.batch_size or 32
-   local t0 = core.clock()
-   local was = ref:is_training()
-   ref:eval()
-   core.no_grad(function()
-      for b in ds:batches(bs) do
-         local lp = ref:logps(b.ids, b.mask):totable()
-         for i = 1, b.size do
-            c[at + i], r[at + i] = lp[i], lp[b.size + i]
-         end
-         at = at + b.size
-      end
-   end)
-   if was then ref:train(true) end
-   local tc, tr = core.tensor(c), core.tensor(r)
-   if path then
-      local ok, err = core.save(path, { chosen = tc, rejected = tr }, { key = key, pairs = #ds })
-      if not ok then say("warning: could not cache the reference log-probs: " .. err) end
-   end
-   say(format("reference log-probs of %d pairs computed in %.1fs%s", #ds, core.clock() - t0,
-              path and (" (cached in " .. path .. ")") or ""))
-   return tc, tr, path, false
-end
-
--- A lookup function(pairs) -> ref_c, ref_r over the precomputed values of ds.
-local function ref_lookup(ds, chosen, rejected)
-   local index = {}
-   for p, i in ds:iter() do index[p] = i end
-   return function(list)
-      local idx = {}
-      for i, p in ipairs(list) do
-         idx[i] = index[p] or error("dpo.train: a pair without precomputed reference log-probs", 0)
-      end
-      local t = core.tensor(idx, "int32")
-      return chosen:index_select(1, t), rejected:index_select(1, t)
-   end
-end
-
--- TR-DPO: ref <- alpha * policy + (1 - alpha) * ref
-local function sync_reference(ref, policy, alpha)
-   local rp, pp = ref:parameters(), policy:parameters()
-   core.no_grad(function()
-      for i, r in ipairs(rp) do
-         if alpha >= 1 then
-            r:copy(pp[i])
-         else
-            r:copy(r * (1 - alpha) + pp[i]:detach() * alpha)
-         end
-      end
-   end)
-end
-
--- ---- checkpoints -----------------------------------------------------------------------
-
-local function write_json(path, value)
-   local ok, err = core.write_file(path, log.unescape_slashes(cjson.encode(value)) .. "\n")
-   if not ok then error(err, 0) end
-end
-
--- The optimizer's state: tensors {"state.<i>.<name>" = t} and the rest as a
--- JSON-able table.
-local function optimizer_parts(opt)
-   local sd = opt:state_dict()
-   local tensors, state = {}, {}
-   for i, st in pairs(sd.state) do
-      local plain = {}
-      for k, v in pairs(st) do
-         if core.is_tensor(v) then
-            tensors[format("state.%d.%s", i, k)] = v
-         else
-            plain[k] = v
-         end
-      end
-      state[tostring(i)] = plain
-   end
-   return tensors, { optimizer = sd.optimizer, param_groups = sd.param_groups,
-                     param_shapes = sd.param_shapes, state = state }
-end
-
--- The optimizer state dict from optimizer.safetensors and trainer_state.json.
-local function optimizer_state_dict(tensors, info)
-   local state = {}
-   for k, v in pairs(info.state or {}) do
-      local i = math.tointeger(tonumber(k))
-      local st = {}
-      for name, x in pairs(v) do st[name] = math.tointeger(x) or x end
-      state[i] = st
-   end
-   for name, t in pairs(tensors or {}) do
-      local i, k = name:match("^state%.(%d+)%.(.+)$")
-      if i then
-         i = math.tointeger(tonumber(i))
-         state[i] = state[i] or {}
-         state[i][k] = t
-      end
-   end
-   local groups = info.param_groups
-   for _, g in ipairs(groups or {}) do
-      for i, v in ipairs(g.params or {}) do g.params[i] = math.tointeger(v) or v end
-   end
-   return { optimizer = info.optimizer, param_groups = groups, param_shapes = info.param_shapes,
-            state = state }
-end
-
--- dpo.train.save_checkpoint(dir, {model, tokenizer, optimizer, state, ref})
--- -> dir. Written into a temporary directory next to dir, then renamed.
-function train.save_checkpoint(dir, parts)
-   check_path("save_checkpoint", dir, "the directory", 2)
-   if type(parts) ~= "table" then
-      error("dpo.train.save_checkpoint: expected a table {model =, ...}, got " .. type(parts), 2)
-   end
-   local m = parts.model
-   if not (type(m) == "userdata" and getmetatable(m) and getmetatable(m).__name == "dpo.GPT"
-           and pcall(m.is_frozen, m)) then
-      error("dpo.train.save_checkpoint: model must be a model (dpo.gpt), got " .. tostring(m), 2)
-   end
-   dir = dir:gsub("/+$", "")
-   local parent, name = dir:match("^(.*)/([^/]+)$")
-   if not parent then parent, name = ".", dir end
-   local tmp = format("%s/.%s.tmp", parent, name)
-   log.rmtree(tmp)
-   local ok, err = log.mkdirs(tmp)
-   if not ok then error("save_checkpoint: " .. err, 2) end
-   local good, msg = pcall(function()
-      parts.model:save(tmp)
-      if parts.tokenizer then parts.tokenizer:save(tmp .. "/tokenizer.json") end
-      local state = parts.state or {}
-      if parts.optimizer then
-         local tensors, info = optimizer_parts(parts.optimizer)
-         local saved, e = core.save(tmp .. "/optimizer.safetensors", tensors,
-                                    { format = "pt", optimizer = info.optimizer })
-         if not saved then error(e, 0) end
-         state.optimizer = info
-      end
-      if parts.ref then
-         local named = {}
-         for _, np in ipairs(parts.ref:named_parameters()) do named[np[1]] = np[2] end
-         local saved, e = core.save(tmp .. "/ref_model.safetensors", named, { format = "pt" })
-         if not saved then error(e, 0) end
-      end
-      write_json(tmp .. "/trainer_state.json", state)
-   end)
-   if not good then
-      log.rmtree(tmp)
-      error("save_checkpoint: " .. tostring(msg):gsub("^[^\n]-%.lua:%d+: ", ""), 2)
-   end
-   local old
-   if lfs.attributes(dir) then
-      old = format("%s/.%s.old", parent, name)
-      log.rmtree(old)
-      local moved, e = os.rename(dir, old)
-      if not moved then
-         log.rmtree(tmp)
-         error("save_checkpoint: " .. tostring(e), 2)
-      end
-   end
-   local moved, e = os.rename(tmp, dir)
-   if not moved then
-      if old then os.rename(old, dir) end -- the previous one stays where it was
-      log.rmtree(tmp)
-      error("save_checkpoint: " .. tostring(e), 2)
-   end
-   local synced, se = core.sync_dir(parent)
-   if old then log.rmtree(old) end
-   if not synced then error("save_checkpoint: " .. tostring(se), 2) end
-   return dir
-end
-
--- dpo.train.load_checkpoint(dir) -> {path, model, tokenizer, state,
--- optimizer_state, ref_tensors}
-function train.load_checkpoint(dir)
-   check_path("load_checkpoint", dir, "the directory", 2)
-   dir = dir:gsub("/+$", "")
-   local f, err = io.open(dir .. "/trainer_state.json", "rb")
-   if not f then error("load_checkpoint: " .. err, 2) end
-   local text = f:read("a")
-   f:close()
-   local okj, state = pcall(cjson.decode, text)
-   if not okj or type(state) ~= "table" then
-      error(format("load_checkpoint: %s/trainer_state.json: not a trainer state (%s)", dir,
-                   okj and "not a JSON object" or tostring(state)), 2)
-   end
-   -- JSON gives every number as a float: the state's whole numbers are integers
-   local function integers(t)
-      for k, v in pairs(t) do
-         if math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
-            t[k] = math.tointeger(v)
-         elseif type(v) == "table" and k ~= "log_history" then
-            integers(v)
-         end
-      end
-   end
-   integers(state)
-   local okm, model = pcall(gpt.load, dir)
-   if not okm then error("load_checkpoint: " .. tostring(model), 2) end
-   local out = { path = dir, model = model, state = state }
-   if lfs.attributes(dir .. "/tokenizer.json", "mode") == "file" then
-      local okt, tok = pcall(require("dpo.tokenizer").load, dir .. "/tokenizer.json")
-      if not okt then error("load_checkpoint: " .. tostring(tok), 2) end
-      out.tokenizer = tok
-   end
-   if type(state.optimizer) == "table" then
-      local tensors = {}
-      if lfs.attributes(dir .. "/optimizer.safetensors", "mode") == "file" then
-         local t, e = core.load(dir .. "/optimizer.safetensors")
-         if not t then error("load_checkpoint: " .. e, 2) end
-         tensors = t
-      elseif next(state.optimizer.state or {}) then
-         error(format("load_checkpoint: %s/optimizer.safetensors is missing", dir), 2)
-      end
-      out.optimizer_state = optimizer_state_dict(tensors, state.optimizer)
-   end
-   if lfs.attributes(dir .. "/ref_model.safetensors", "mode") == "file" then
-      local t, e = core.load(dir .. "/ref_model.safetensors")
-      if not t then error("load_checkpoint: " .. e, 2) end
-      out.ref_tensors = t
-   end
-   return out
-end
-
--- dpo.train.latest_checkpoint(run_dir [, say]) -> the newest checkpoint of
--- the run that loads (as load_checkpoint gives it) | nil, reason. A newer
--- one that does not load is passed over with a message to say(text). What
--- an interrupted save left behind is tidied first: .checkpoint-N.tmp
--- directories are removed, and a .checkpoint-N.old (a save killed between
--- its two renames) goes back to checkpoint-N.
-function train.latest_checkpoint(run_dir, say)
-   check_path("latest_checkpoint", run_dir, "the run directory", 2)
-   if say ~= nil and type(say) ~= "function" then
-      error("dpo.train.latest_checkpoint: say must be a function(text), got " .. type(say), 2)
-   end
-   run_dir = run_dir:gsub("/+$", "")
-   say = say or function() end
-   if lfs.attributes(run_dir, "mode") ~= "directory" then
-      return nil, run_dir .. ": no such run directory"
-   end
-   local names = {}
-   for name in lfs.dir(run_dir) do names[#names + 1] = name end
-   for _, name in ipairs(names) do
-      local step, suffix = name:match("^%.checkpoint%-(%d+)%.(%a+)$")
-      if suffix == "tmp" then
-         log.rmtree(run_dir .. "/" .. name)
-      elseif suffix == "old" then
-         local dest = format("%s/checkpoint-%s", run_dir, step)
-         if lfs.attributes(dest) then
-            log.rmtree(run_dir .. "/" .. name)
-         else
-            os.rename(run_dir .. "/" .. name, dest)
-         end
-      end
-   end
-   local list = train.checkpoints(run_dir)
-   if #list == 0 then return nil, run_dir .. ": no checkpoint to resume from" end
-   local reasons = {}
-   for i = #list, 1, -1 do
-      local ok, ck = pcall(train.load_checkpoint, list[i].path)
-      if ok and type(ck.state) == "table" and ck.state.format == STATE_FORMAT then
-         return ck
-      end
-      local why = ok and "not a dpolua trainer state" or tostring(ck)
-      reasons[#reasons + 1] = list[i].path .. ": " .. why
-      say(format("warning: passing over %s: %s", list[i].path, why))
-   end
-   return nil, "no checkpoint of " .. run_dir .. " loads (" .. table.concat(reasons, "; ") .. ")"
-end
-
--- dpo.train.checkpoints(run_dir) -> list of {step = n, path = p}, by step
-function train.checkpoints(run_dir)
-   check_path("checkpoints", run_dir, "the run directory", 2)
-   local list = {}
-   if lfs.attributes(run_dir, "mode") ~= "directory" then return list end
-   for name in lfs.dir(run_dir) do
-      local step = name:match("^checkpoint%-(%d+)$")
-      if step and lfs.attributes(run_dir .. "/" .. name, "mode") == "directory" then
-         list[#list + 1] = { step = math.tointeger(tonumber(step)), path = run_dir .. "/" .. name }
-      end
-   end
-   table.sort(list, function(a, b) return a.step < b.step end)
-   return list
-end
-
--- ---- the loop ------------------------------------------------------------------------------
-
-local NO_REF = { simpo = true, orpo = true, cpo = true, sft = true }
+-- ---- options ---------------------------------------------------------------------------
 
 local function make_optimizer(spec, params, opts, lr0, fname)
    if spec == nil then spec = "adamw" end
@@ -591,26 +180,6 @@ local function check_dataset(ds, what, fname)
       fail(fname, "%s is not tokenized (call ds:tokenize(tok, opts) first)", what)
    end
    if #ds == 0 then fail(fname, "%s holds no pairs", what) end
-end
-
--- The plain (JSON-able) options, for trainer_state.json.
-local function plain_options(o)
-   local out = {}
-   for k, v in pairs(o) do
-      local t = type(v)
-      if t == "number" or t == "string" or t == "boolean" then
-         out[k] = v
-      elseif t == "function" then
-         out[k] = "<function>"
-      elseif k == "loss_options" or k == "sync_ref" or k == "optimizer_options" then
-         local c = {}
-         for kk, vv in pairs(v) do
-            if type(vv) == "number" or type(vv) == "string" or type(vv) == "boolean" then c[kk] = vv end
-         end
-         out[k] = c
-      end
-   end
-   return out
 end
 
 local KNOWN = {
@@ -718,8 +287,31 @@ local function check_options(o, kind, fname)
    end
 end
 
--- One training phase: kind is "sft" or "dpo".
-local function run_phase(kind, o)
+
+-- ---- the phase table ------------------------------------------------------------------------
+
+--[[
+P, what one phase knows, shared by the pieces (dpo.checkpoint, dpo.reference,
+dpo.step):
+  settings   kind ("sft"/"dpo"), sft (a boolean), fname (for errors), o (the
+             options), model, ds, bs, accum, shuffle, seed, nb (batches an
+             epoch), total (steps of the phase), first (global steps before
+             it), phase (its name in logs), quiet, log_every, eval_every,
+             save_every, max_bad, clip (a norm or false), eval_bs
+  resuming   resume (the loaded checkpoint), rst (its trainer state), s0 (the
+             phase step it goes on after; 0 when starting)
+  outputs    run (dpo.log), progress, say(msg)
+  training   loss_fn, loss_name, beta_s, lr_s, ref (dpo.reference's R), params,
+             opt, opt_name
+  data       epoch, in_epoch (batches of this epoch read), iter
+  running    beta (this step's), last_metrics (the last step's means),
+             skipped, bad_in_row, num_tokens, loss_state (loss_options.state)
+  log window sums, nsum (steps in them), window_tokens, window_time,
+             last_record, last_eval, last_checkpoint
+]]
+
+-- The options of a phase checked, and the settings they give.
+local function settings(kind, o)
    local fname = kind
    if type(o) ~= "table" then fail(fname, "expected a table of options") end
    check_keys(o, kind)
@@ -737,9 +329,6 @@ local function run_phase(kind, o)
    local accum = o.grad_accum or 1
    if math.type(bs) ~= "integer" or bs < 1 then fail(fname, "batch_size must be an integer >= 1") end
    if math.type(accum) ~= "integer" or accum < 1 then fail(fname, "grad_accum must be an integer >= 1") end
-   local shuffle = o.shuffle ~= false
-   local seed = o.seed or 0
-   local sft = kind == "sft"
    local nb = ds:num_batches(bs)
    local total = o.max_steps
    if total == nil then
@@ -747,451 +336,210 @@ local function run_phase(kind, o)
       total = math.max(1, math.floor(epochs * nb / accum + 0.5))
    end
    if math.type(total) ~= "integer" or total < 1 then fail(fname, "max_steps must be an integer >= 1") end
-   local first = o.global_step or 0
-   local phase = o.phase or kind
-   local quiet = o.quiet
-   local log_every = o.log_every or 10
-   local eval_every = o.eval_every or 0
-   local save_every = o.save_every or 0
-   local max_bad = o.max_bad_steps or 5
    local clip = o.max_grad_norm
    if clip == nil then clip = 1.0 end
    if clip == 0 then clip = false end
+   return {
+      kind = kind, sft = kind == "sft", fname = fname, o = o, model = model, ds = ds, bs = bs,
+      accum = accum, shuffle = o.shuffle ~= false, seed = o.seed or 0, nb = nb, total = total,
+      first = o.global_step or 0, phase = o.phase or kind, quiet = o.quiet,
+      log_every = o.log_every or 10, eval_every = o.eval_every or 0, save_every = o.save_every or 0,
+      max_bad = o.max_bad_steps or 5, clip = clip, eval_bs = o.eval_batch_size or 2 * bs,
+   }
+end
 
-   -- resuming: the checkpoint's weights now; its optimizer state, data
-   -- position, generators and counters below
-   local resume, rst = o.resume, nil
-   if resume ~= nil then
-      if type(resume) == "string" then
-         local ok, ck = pcall(train.load_checkpoint, resume)
-         if not ok then fail(fname, "resume: %s", tostring(ck)) end
-         resume = ck
-      end
-      if type(resume) ~= "table" or type(resume.state) ~= "table" or resume.state.format ~= STATE_FORMAT then
-         fail(fname, "resume must be a checkpoint directory or dpo.train.load_checkpoint(dir)")
-      end
-      rst = resume.state
-      local where = resume.path or "the checkpoint"
-      if rst.kind ~= kind then fail(fname, "%s is a checkpoint of a %s phase, not %s", where, tostring(rst.kind), kind) end
-      local d = rst.data or {}
-      local mine = { batch_size = bs, grad_accum = accum, seed = seed, shuffle = shuffle, pairs = #ds }
-      for _, k in ipairs{ "batch_size", "grad_accum", "seed", "shuffle", "pairs" } do
-         if d[k] ~= mine[k] then
-            fail(fname, "%s was made with %s = %s, this run has %s: it would not continue the same run",
-                 where, k == "pairs" and "data pairs" or k, tostring(d[k]), tostring(mine[k]))
-         end
-      end
-      if resume.model then
-         local src = {}
-         for _, np in ipairs(resume.model:named_parameters()) do src[np[1]] = np[2] end
-         core.no_grad(function()
-            for _, np in ipairs(model:named_parameters()) do
-               local t = src[np[1]]
-               if not t or table.concat(t:size(), "x") ~= table.concat(np[2]:size(), "x") then
-                  fail(fname, "%s does not fit the model: parameter %s is %s there", where, np[1],
-                       t and table.concat(t:size(), "x") or "missing")
-               end
-               np[2]:copy(t)
-            end
-         end)
-      end
-      if o.global_step ~= nil and o.global_step ~= rst.first_step then
-         fail(fname, "%s continues a phase that began after step %s, not global_step %s", where,
-              tostring(rst.first_step), tostring(o.global_step))
-      end
-      first = math.tointeger(rst.first_step) or first
-   end
-
-   -- the run: metrics.jsonl and checkpoints
+-- The run (metrics.jsonl and checkpoints: o.run, else one opened in o.out,
+-- else in memory) and the progress display.
+local function open_run(P)
+   local o, rst = P.o, P.rst
    local run = o.run
    if run == nil and o.out and rst then
       run = log.open(o.out, { resume = rst.log_history or {}, elapsed = rst.elapsed })
    elseif run == nil and o.out then
       run = log.open(o.out, { overwrite = o.overwrite })
    end
-   if run == nil then run = log.memory() end
-
-   local progress = log.progress{ total = total, phase = phase, first = first,
-                                  mode = quiet and "off" or o.progress }
-   local function say(msg)
-      if not quiet then progress:print(msg) end
+   P.run = run or log.memory()
+   local progress = log.progress{ total = P.total, phase = P.phase, first = P.first,
+                                  mode = P.quiet and "off" or o.progress }
+   P.progress = progress
+   P.say = function(msg)
+      if not P.quiet then progress:print(msg) end
    end
+end
 
-   -- the loss, the reference, beta
-   local loss_fn, loss_name, beta_s
-   local ref, ref_mode, lookup, eval_lookup, cache_paths = nil, "none", nil, nil, nil
-   local sync = o.sync_ref
-   if not sft then
-      local loss = o.loss or "sigmoid"
-      loss_fn = eval.resolve_loss(loss)
-      loss_name = type(loss) == "string" and loss or "custom"
-      beta_s = as_schedule(o.beta or 0.1, "beta", fname)
-      ref = o.ref
-      if ref == nil and rst then
-         -- the reference was the policy as the phase began: the checkpoint names it
-         local src = rst.reference and rst.reference.source
-         if type(src) ~= "string" or lfs.attributes(src, "mode") ~= "directory" then
-            fail(fname, "resuming needs the reference model: pass ref = (the model the phase began " ..
-                 "with%s)", type(src) == "string" and (", " .. src) or "")
-         end
-         local ok, m = pcall(gpt.load, src)
-         if not ok then fail(fname, "resume: the reference: %s", tostring(m)) end
-         ref = m:freeze()
-      end
-      local needs_ref = not NO_REF[loss_name]
-      if ref == false or not needs_ref then
-         ref, ref_mode = nil, "none"
-      else
-         -- a frozen copy: the caller's model is never changed
-         if ref == nil or not ref:is_frozen() then ref = (ref or model):clone(true) end
-         ref_mode = "model"
-      end
-      if sync ~= nil then
-         if type(sync) ~= "table" then fail(fname, "sync_ref must be a table {tau =, alpha =}") end
-         if not ref then fail(fname, "sync_ref needs a reference model") end
-         if o.precompute_ref then fail(fname, "sync_ref and precompute_ref exclude each other") end
-         sync = { tau = sync.tau or 512, alpha = sync.alpha or 0.6 }
-         if math.type(sync.tau) ~= "integer" or sync.tau < 1 then fail(fname, "sync_ref.tau must be an integer >= 1") end
-         if not (sync.alpha > 0 and sync.alpha <= 1) then fail(fname, "sync_ref.alpha must be in (0, 1]") end
-         ref_mode = "sync"
-         if rst then
-            if not (resume.ref_tensors) then
-               fail(fname, "%s has no ref_model.safetensors, which a TR-DPO run resumes from",
-                    resume.path or "the checkpoint")
-            end
-            core.no_grad(function()
-               for _, np in ipairs(ref:named_parameters()) do
-                  local t = resume.ref_tensors[np[1]]
-                  if not t then fail(fname, "ref_model.safetensors lacks %s", np[1]) end
-                  np[2]:copy(t)
-               end
-            end)
-         end
-      end
-      if o.precompute_ref and ref then
-         local dir = o.ref_cache
-         if dir == nil and run.dir then
-            local parent = run.dir:match("^(.*)/[^/]+$") or "."
-            dir = parent .. "/cache"
-         end
-         local copts = { dir = dir, batch_size = o.eval_batch_size or 2 * bs }
-         local c, r, path = ref_table(ref, ds, copts, say)
-         lookup = ref_lookup(ds, c, r)
-         cache_paths = { path }
-         if o.eval_data then
-            local ec, er, epath = ref_table(ref, o.eval_data, copts, say)
-            eval_lookup = ref_lookup(o.eval_data, ec, er)
-            cache_paths[2] = epath
-         end
-         ref, ref_mode = nil, "precomputed"
-         collectgarbage()
-      end
+-- DPO's loss and beta schedule.
+local function setup_loss(P)
+   if P.sft then return end
+   local loss = P.o.loss or "sigmoid"
+   P.loss_fn = eval.resolve_loss(loss)
+   P.loss_name = type(loss) == "string" and loss or "custom"
+   P.beta_s = as_schedule(P.o.beta or 0.1, "beta", P.fname)
+end
+
+-- The optimizer over the model's parameters (its state from the checkpoint
+-- when resuming), the lr schedule, the model in its training mode.
+local function setup_optimizer(P)
+   local o, model = P.o, P.model
+   P.lr_s = as_schedule(o.lr or (P.sft and 1e-3 or 1e-6), "lr", P.fname)
+   P.params = model:parameters()
+   P.opt, P.opt_name = make_optimizer(o.optimizer, P.params, o.optimizer_options, P.lr_s(1, nil), P.fname)
+   if P.rst and P.resume.optimizer_state then
+      local ok, err = pcall(P.opt.load_state_dict, P.opt, P.resume.optimizer_state)
+      if not ok then fail(P.fname, "resume: the optimizer state: %s", tostring(err)) end
    end
-
-   -- the optimizer and schedules
-   local lr_s = as_schedule(o.lr or (sft and 1e-3 or 1e-6), "lr", fname)
-   local params = model:parameters()
-   local opt, opt_name = make_optimizer(o.optimizer, params, o.optimizer_options, lr_s(1, nil), fname)
-   if rst and resume.optimizer_state then
-      local ok, err = pcall(opt.load_state_dict, opt, resume.optimizer_state)
-      if not ok then fail(fname, "resume: the optimizer state: %s", tostring(err)) end
-   end
-
    if o.dropout then model:train(true) else model:eval() end
    model:zero_grad()
+end
 
-   -- the data position
-   local epoch, in_epoch = 1, 0
-   if rst then
-      epoch, in_epoch = math.tointeger(rst.data.epoch) or 1, math.tointeger(rst.data.batch) or 0
+-- The data position: the start, or the checkpoint's.
+local function setup_data(P)
+   P.epoch, P.in_epoch = 1, 0
+   if P.rst then
+      P.epoch, P.in_epoch = math.tointeger(P.rst.data.epoch) or 1, math.tointeger(P.rst.data.batch) or 0
    end
-   local iter = ds:batches(bs, { shuffle = shuffle, seed = seed, epoch = epoch, sft = sft, skip = in_epoch })
-   local function next_batch()
-      local b = iter()
-      if b == nil then
-         epoch, in_epoch = epoch + 1, 0
-         iter = ds:batches(bs, { shuffle = shuffle, seed = seed, epoch = epoch, sft = sft })
-         b = iter()
-      end
-      in_epoch = in_epoch + 1
-      return b
-   end
+   step.open_data(P)
+end
 
-   -- one micro-batch: forward, loss, backward (scaled); loss value, metrics, tokens
-   local last_metrics, beta = nil, nil
-   local function micro_step(b)
-      local B = b.size
-      local lp, cnt = model:logps(b.ids, b.mask)
-      local loss, m
-      if sft then
-         local n = cnt:sum():item()
-         loss = -lp:sum() / math.max(n, 1)
-         m = { ["logps/chosen"] = lp:detach():sum():item() / B }
-      else
-         local args = {
-            pi_c = lp:narrow(1, 1, B), pi_r = lp:narrow(1, B + 1, B),
-            n_c = cnt:narrow(1, 1, B), n_r = cnt:narrow(1, B + 1, B), beta = beta,
-         }
-         if lookup then
-            args.ref_c, args.ref_r = lookup(b.pairs)
-         elseif ref then
-            local rl = core.no_grad(function() return (ref:logps(b.ids, b.mask)) end)
-            args.ref_c, args.ref_r = rl:narrow(1, 1, B), rl:narrow(1, B + 1, B)
-         elseif not NO_REF[loss_name] then
-            args.ref_c, args.ref_r = core.zeros(B), core.zeros(B)
-         end
-         for k, v in pairs(o.loss_options or {}) do args[k] = v end
-         loss, m = loss_fn(args)
-         if not core.is_tensor(loss) then
-            fail(fname, "the loss returned a %s, not a tensor", type(loss))
-         end
-      end
-      local value = loss:item()
-      if finite(value) then
-         if accum > 1 then loss = loss / accum end
-         loss:backward()
-      end
-      local ntok = b.prompt_lengths:sum():item() + b.response_lengths:sum():item()
-      return value, m or {}, ntok
-   end
+-- The counters and running means as a phase starts (checkpoint.restore
+-- then puts a resumed phase's back).
+local function reset_counters(P)
+   local lo = P.o.loss_options
+   P.skipped, P.bad_in_row, P.num_tokens = 0, 0, 0
+   P.sums, P.nsum, P.window_tokens, P.window_time = {}, 0, 0, 0
+   P.loss_state = lo and type(lo.state) == "table" and lo.state or nil
+   P.last_checkpoint = P.rst and P.resume.path or nil
+end
 
-   -- evaluation
-   local eval_bs = o.eval_batch_size or 2 * bs
-   local last_eval
-   local function evaluate(step)
-      if not o.eval_data then return nil end
-      local m
-      if sft then
-         m = eval.nll(model, o.eval_data, { batch_size = eval_bs, max_pairs = o.eval_pairs })
-         m.loss = m.nll
-      else
-         local b = beta or beta_s(math.max(step - first, 1), last_metrics)
-         m = eval.preferences(model, ref or false, o.eval_data, {
-            batch_size = eval_bs, max_pairs = o.eval_pairs, beta = b, loss = loss_fn,
-            loss_options = o.loss_options, ref_logps = eval_lookup,
-         })
-      end
-      local rec = { step = step, phase = phase, elapsed = run:elapsed() }
-      for k, v in pairs(m) do
-         if k ~= "pairs" then rec["eval/" .. k] = v end
-      end
-      rec["eval/pairs"] = m.pairs
-      run:log(rec)
-      last_eval = rec
-      if o.on_eval then o.on_eval(rec) end
-      if not quiet then
-         local parts = { format("%s eval at step %d (%d pairs): loss %.4f", phase, step, m.pairs, m.loss) }
-         if m["rewards/accuracies"] then
-            parts[#parts + 1] = format("accuracy %.3f  margin %.3f", m["rewards/accuracies"],
-                                       m["rewards/margins"])
-         end
-         say(table.concat(parts, "  "))
-      end
-      return rec
-   end
+-- Everything a phase needs before its first step, in this order (each may
+-- draw on the generator or the weights the one before left).
+local function prepare(kind, o)
+   local P = settings(kind, o)
+   checkpoint.resume(P) -- the weights now; the rest after the optimizer and data
+   open_run(P)
+   setup_loss(P)
+   P.ref = reference.setup(P)
+   setup_optimizer(P)
+   setup_data(P)
+   reset_counters(P)
+   checkpoint.restore(P)
+   return P
+end
 
-   -- the trainer's state, for trainer_state.json
-   local skipped, bad_in_row, num_tokens = 0, 0, 0
-   local last_sync = 0
-   -- running means between log records
-   local sums, nsum, window_tokens, window_time = {}, 0, 0, 0
-   local last_record
-   local loss_state = o.loss_options and type(o.loss_options.state) == "table" and o.loss_options.state or nil
-   local function trainer_state(step, s, complete)
-      return {
-         format = STATE_FORMAT,
-         phase = phase, kind = kind, global_step = step, phase_step = s, first_step = first,
-         max_steps = total, epoch = (epoch - 1) + in_epoch / nb,
-         data = { epoch = epoch, batch = in_epoch, batches_per_epoch = nb, batch_size = bs,
-                  grad_accum = accum, shuffle = shuffle, seed = seed, pairs = #ds },
-         rng_state = hex(core.rng_state()),
-         skipped_steps = skipped, bad_steps_in_row = bad_in_row, num_tokens = num_tokens,
-         learning_rate = opt.lr, beta = beta, loss = loss_name,
-         reference = not sft and { mode = ref_mode, source = o.ref_source, caches = cache_paths,
-                                   sync = sync, last_sync = last_sync } or nil,
-         options = plain_options(o),
-         elapsed = run:elapsed(),
-         complete = complete or false,
-         -- what the steps after this one read, kept exactly
-         dropout_state = hex(model:dropout_state()),
-         last_metrics = exact(last_metrics),
-         window = { sums = exact(sums), steps = nsum, tokens = window_tokens },
-         loss_state = exact(loss_state),
-         last_record = last_record, last_eval = last_eval,
-         log_history = run.records,
-      }
-   end
+-- ---- evaluation, signals ----------------------------------------------------------------------
 
-   local last_checkpoint = rst and resume.path or nil
-   local function checkpoint(step, s, complete)
-      if not run.dir then return nil end
-      local path = format("%s/checkpoint-%d", run.dir, step)
-      local ok, err = pcall(train.save_checkpoint, path, {
-         model = model, tokenizer = o.tokenizer or ds:tokenizer(), optimizer = opt,
-         state = trainer_state(step, s, complete), ref = ref_mode == "sync" and ref or nil,
+-- The eval record at global step `step` (nil without eval_data): logged,
+-- passed to on_eval, said.
+local function evaluate(P, at)
+   local o = P.o
+   if not o.eval_data then return nil end
+   local m
+   if P.sft then
+      m = eval.nll(P.model, o.eval_data, { batch_size = P.eval_bs, max_pairs = o.eval_pairs })
+      m.loss = m.nll
+   else
+      local b = P.beta or P.beta_s(math.max(at - P.first, 1), P.last_metrics)
+      m = eval.preferences(P.model, P.ref.model or false, o.eval_data, {
+         batch_size = P.eval_bs, max_pairs = o.eval_pairs, beta = b, loss = P.loss_fn,
+         loss_options = o.loss_options, ref_logps = P.ref.eval_lookup,
       })
-      if not ok then
-         progress:finish()
-         fail(fname, "cannot save %s: %s%s", path, tostring(err):gsub("^save_checkpoint: ", ""),
-              last_checkpoint and format("; the last complete checkpoint is %s", last_checkpoint)
-                 or "; no checkpoint of this phase was saved before")
-      end
-      last_checkpoint = path
-      say("saved " .. path)
-      return path
    end
-
-   -- the counters of a resumed phase
-   local s0 = 0
-   if rst then
-      s0 = math.tointeger(rst.phase_step) or 0
-      skipped = math.tointeger(rst.skipped_steps) or 0
-      bad_in_row = math.tointeger(rst.bad_steps_in_row) or 0
-      num_tokens = math.tointeger(rst.num_tokens) or 0
-      last_sync = math.tointeger(rst.reference and rst.reference.last_sync) or 0
-      last_metrics = unexact(rst.last_metrics)
-      local w = rst.window or {}
-      sums, nsum, window_tokens = unexact(w.sums) or {}, math.tointeger(w.steps) or 0, math.tointeger(w.tokens) or 0
-      last_record, last_eval = rst.last_record, rst.last_eval
-      if loss_state then
-         for k, v in pairs(unexact(rst.loss_state) or {}) do loss_state[k] = v end
-      end
-      if rst.rng_state then core.set_rng_state(unhex(rst.rng_state)) end
-      if rst.dropout_state then model:set_dropout_state(unhex(rst.dropout_state)) end
-      if s0 > total then
-         fail(fname, "%s is at step %d of this phase, past its %d steps", resume.path or "the checkpoint",
-              s0, total)
-      end
-      say(format("resuming %s at step %d of %d (global step %d) from %s", phase, s0, total, first + s0,
-                 resume.path or "a checkpoint"))
+   local rec = { step = at, phase = P.phase, elapsed = P.run:elapsed() }
+   for k, v in pairs(m) do
+      if k ~= "pairs" then rec["eval/" .. k] = v end
    end
+   rec["eval/pairs"] = m.pairs
+   P.run:log(rec)
+   P.last_eval = rec
+   if o.on_eval then o.on_eval(rec) end
+   if not P.quiet then
+      local parts = { format("%s eval at step %d (%d pairs): loss %.4f", P.phase, at, m.pairs, m.loss) }
+      if m["rewards/accuracies"] then
+         parts[#parts + 1] = format("accuracy %.3f  margin %.3f", m["rewards/accuracies"],
+                                    m["rewards/margins"])
+      end
+      P.say(table.concat(parts, "  "))
+   end
+   return rec
+end
 
-   if o.eval_data and o.eval_first ~= false and not rst then evaluate(first) end
-
-   -- Ctrl-C and SIGTERM: the step in progress ends, a checkpoint is saved,
-   -- and the phase raises a stop ({exit_code = 130 or 143, ...}); a second
-   -- signal ends the process at once.
-   local trap = o.stop_on_signal ~= false
-   local trap_guard <close> = trap and core.trap_signals()
+-- Ctrl-C and SIGTERM: the step in progress ends, a checkpoint is saved, and
+-- the phase raises a stop ({exit_code = 130 or 143, ...}); a second signal
+-- ends the process at once. trap_signals(P) -> a value to close when the
+-- phase ends (nil with stop_on_signal = false).
+local function trap_signals(P)
+   P.trap = P.o.stop_on_signal ~= false
+   return P.trap and core.trap_signals()
       and setmetatable({}, { __close = function() core.release_signals() end }) or nil
-   local function stop_if_signalled(step, s, saved, at_end)
-      if not trap then return end
-      local sig, code = core.pending_signal()
-      if not sig then return end
-      progress:finish()
-      local path = saved
-      if not at_end and not path then path = checkpoint(step, s) end
-      error(setmetatable({
-         signal = sig, exit_code = code, step = step, phase = phase, checkpoint = path, run_dir = run.dir,
-         message = format("stopped by %s after step %d (%s: %d of %d steps)%s", sig, step, phase, s, total,
-                          path and ("; saved " .. path) or "; no run directory, nothing saved"),
-      }, { __tostring = function(e) return e.message end }), 0)
-   end
+end
 
-   local t_start = core.clock()
+-- After global step `at` (phase step s): a pending signal stops the phase,
+-- with the checkpoint `saved` at this step or one saved now (none at_end).
+local function stop_if_signalled(P, at, s, saved, at_end)
+   if not P.trap then return end
+   local sig, code = core.pending_signal()
+   if not sig then return end
+   P.progress:finish()
+   local path = saved
+   if not at_end and not path then path = checkpoint.save_phase(P, at, s) end
+   error(setmetatable({
+      signal = sig, exit_code = code, step = at, phase = P.phase, checkpoint = path, run_dir = P.run.dir,
+      message = format("stopped by %s after step %d (%s: %d of %d steps)%s", sig, at, P.phase, s, P.total,
+                       path and ("; saved " .. path) or "; no run directory, nothing saved"),
+   }, { __tostring = function(e) return e.message end }), 0)
+end
 
-   for s = s0 + 1, total do
-      local step_t0 = core.clock()
-      local step = first + s
-      local lr = lr_s(s, last_metrics)
-      if not finite(lr) or lr < 0 then fail(fname, "the lr schedule gave %s at step %d", tostring(lr), s) end
-      opt.lr = lr
-      if not sft then
-         beta = beta_s(s, last_metrics)
-         if not finite(beta) or beta <= 0 then
-            fail(fname, "the beta schedule gave %s at step %d", tostring(beta), s)
-         end
-      end
-      local step_sums, pairs_seen, bad = {}, 0, nil
-      for _ = 1, accum do
-         local b = next_batch()
-         local value, m, ntok = micro_step(b)
-         num_tokens = num_tokens + ntok
-         window_tokens = window_tokens + ntok
-         if not finite(value) then
-            bad = format("loss is %s", show_number(value))
-            break
-         end
-         step_sums.loss = (step_sums.loss or 0) + value * b.size
-         for k, v in pairs(m) do
-            if type(v) == "number" then step_sums[k] = (step_sums[k] or 0) + v * b.size end
-         end
-         pairs_seen = pairs_seen + b.size
-      end
-      local norm
-      if not bad then
-         if clip then
-            norm = optim.clip_grad_norm(params, clip)
-         else
-            norm = optim.grad_norm(params)
-         end
-         if not finite(norm) then bad = format("gradient norm is %s", show_number(norm)) end
-      end
-      if bad then
-         model:zero_grad()
-         skipped, bad_in_row = skipped + 1, bad_in_row + 1
-         say(format("warning: %s step %d skipped: the %s (%d skipped so far)", phase, step, bad, skipped))
-         if bad_in_row >= max_bad then
-            progress:finish()
-            fail(fname, "stopped at step %d: %d steps in a row had a non-finite loss or gradient " ..
-                 "(the last: %s); lower the learning rate (now %g)%s, or check the data", step,
-                 bad_in_row, bad, lr, sft and "" or ", lower beta")
-         end
-      else
-         opt:step()
-         model:zero_grad()
-         bad_in_row = 0
-         local m = {}
-         for k, v in pairs(step_sums) do m[k] = v / pairs_seen end
-         last_metrics = m
-         for k, v in pairs(m) do sums[k] = (sums[k] or 0) + v end
-         sums.grad_norm = (sums.grad_norm or 0) + norm
-         nsum = nsum + 1
-      end
+-- ---- the loop --------------------------------------------------------------------------------
 
-      if ref_mode == "sync" and s % sync.tau == 0 then
-         sync_reference(ref, model, sync.alpha)
-         last_sync = step
-      end
-
-      window_time = window_time + (core.clock() - step_t0)
-      if s % log_every == 0 or s == total then
-         local rec = { step = step, phase = phase, learning_rate = lr,
-                       epoch = (epoch - 1) + in_epoch / nb, num_tokens = num_tokens,
-                       tokens_per_second = window_tokens / math.max(window_time, 1e-9),
-                       elapsed = run:elapsed() }
-         if not sft then rec.beta = beta end
-         if nsum > 0 then
-            for k, v in pairs(sums) do rec[k] = v / nsum end
-         end
-         if skipped > 0 then rec.skipped_steps = skipped end
-         run:log(rec)
-         last_record = rec
-         if o.on_log then o.on_log(rec) end
-         sums, nsum, window_tokens, window_time = {}, 0, 0, 0
-      end
-      progress:update(step, last_record or last_metrics)
-
-      if eval_every > 0 and s % eval_every == 0 and s ~= total then evaluate(step) end
-      local saved
-      if save_every > 0 and s % save_every == 0 and s ~= total then saved = checkpoint(step, s) end
-      stop_if_signalled(step, s, saved)
-   end
-   progress:finish()
-   if o.eval_data then evaluate(first + total) end
+-- The phase's end: the last evaluation and checkpoint, and its result.
+local function finish(P, t_start)
+   local o, last = P.o, P.first + P.total
+   P.progress:finish()
+   if o.eval_data then evaluate(P, last) end
    local final
-   if o.save ~= false then final = checkpoint(first + total, total, true) end
-   stop_if_signalled(first + total, total, final, true)
-   if not quiet then
-      say(format("%s: %d steps in %.1fs%s", phase, total, core.clock() - t_start,
-                 skipped > 0 and format(" (%d skipped)", skipped) or ""))
+   if o.save ~= false then final = checkpoint.save_phase(P, last, P.total, true) end
+   stop_if_signalled(P, last, P.total, final, true)
+   if not P.quiet then
+      P.say(format("%s: %d steps in %.1fs%s", P.phase, P.total, core.clock() - t_start,
+                   P.skipped > 0 and format(" (%d skipped)", P.skipped) or ""))
    end
    return {
-      model = model, optimizer = opt, step = first + total, steps = total, metrics = last_record,
-      eval = last_eval, skipped = skipped, checkpoint = last_checkpoint,
-      elapsed = core.clock() - t_start, run = run, ref = ref, optimizer_name = opt_name,
-      state = trainer_state(first + total, total, true),
+      model = P.model, optimizer = P.opt, step = last, steps = P.total, metrics = P.last_record,
+      eval = P.last_eval, skipped = P.skipped, checkpoint = P.last_checkpoint,
+      elapsed = core.clock() - t_start, run = P.run, ref = P.ref.model, optimizer_name = P.opt_name,
+      state = checkpoint.state(P, last, P.total, true),
    }
+end
+
+-- One training phase: kind is "sft" or "dpo".
+local function run_phase(kind, o)
+   local P = prepare(kind, o)
+   if o.eval_data and o.eval_first ~= false and not P.rst then evaluate(P, P.first) end
+   local trap_guard <close> = trap_signals(P)
+   local t_start = core.clock()
+   for s = P.s0 + 1, P.total do
+      local t0 = core.clock()
+      local at = P.first + s -- the global step
+      local lr = step.schedules(P, s)
+      local sums, pairs_seen, bad = step.forward_backward(P)
+      local norm
+      if not bad then norm, bad = step.clip(P) end
+      if bad then
+         step.skip(P, at, bad, lr)
+      else
+         step.update(P, sums, pairs_seen, norm)
+      end
+      reference.after_step(P.ref, P.model, s, at)
+      P.window_time = P.window_time + (core.clock() - t0)
+      if s % P.log_every == 0 or s == P.total then step.log(P, at, lr) end
+      P.progress:update(at, P.last_record or P.last_metrics)
+      if P.eval_every > 0 and s % P.eval_every == 0 and s ~= P.total then evaluate(P, at) end
+      local saved
+      if P.save_every > 0 and s % P.save_every == 0 and s ~= P.total then
+         saved = checkpoint.save_phase(P, at, s)
+      end
+      stop_if_signalled(P, at, s, saved)
+   end
+   return finish(P, t_start)
 end
 
 -- A phase, its errors named after it: those raised deeper (a loss, a
@@ -1216,6 +564,6 @@ function train.dpo(opts)
    return phase("dpo", opts)
 end
 
-train.hex, train.unhex = hex, unhex
+train.hex, train.unhex = checkpoint.hex, checkpoint.unhex
 
 return train

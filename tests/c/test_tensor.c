@@ -187,7 +187,7 @@ static void test_unary(void) {
     int64_t n = 9;
     dpo_tensor *x = dpo_tensor_new(DPO_F32, 1, &n, &e);
     for (int i = 0; i < 9; i++) dpo_f32(x)[i] = xs[i];
-    for (dpo_op op = DPO_OP_NEG; op <= DPO_OP_SOFTPLUS; op++) {
+    for (dpo_op op = DPO_OP_NEG; op <= DPO_OP_RSQRT; op++) {
         dpo_tensor *y = dpo_unary(op, x, &e);
         for (int i = 0; i < 9; i++) {
             double v = xs[i], want;
@@ -225,6 +225,12 @@ static void test_unary(void) {
                 break;
             case DPO_OP_SOFTPLUS:
                 want = log1p(exp(v));
+                break;
+            case DPO_OP_SILU:
+                want = v / (1 + exp(-v));
+                break;
+            case DPO_OP_RSQRT:
+                want = 1 / sqrt(v);
                 break;
             default:
                 want = 0;

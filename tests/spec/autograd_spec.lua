@@ -69,6 +69,14 @@ local cases = {
    gelu = { { function(a) return a:gelu() end, { randn(2, 3) } } },
    logsigmoid = { { function(a) return a:logsigmoid() end, { scaled(3, 2, 3) } } },
    softplus = { { function(a) return a:softplus() end, { scaled(3, 2, 3) } } },
+   silu = {
+      { function(a) return a:silu() end, { scaled(3, 2, 3) } },
+      { function(a, b) return (a * b):silu() end, { randn(2, 3), randn(3) } },
+   },
+   rsqrt = {
+      { function(a) return a:rsqrt() end, { positive(2, 3) } },
+      { function(a) return (a * a):mean(2, true):add(1e-2):rsqrt() end, { randn(3, 4) } },
+   },
    clamp = {
       { function(a) return a:clamp(-0.5, 0.5) end, { randn(3, 3) } },
       { function(a) return a:clamp(0.1) end, { randn(3, 3) } },

@@ -773,8 +773,8 @@ case("dpo.set_rng_state", {
 
 -- ---- tensors: methods -----------------------------------------------------------------------
 
-local UNARY = { "abs", "exp", "sqrt", "sigmoid", "tanh", "relu", "gelu", "logsigmoid",
-                "softplus", "neg", "clone", "contiguous", "detach", "dim", "dtype", "numel",
+local UNARY = { "abs", "exp", "sqrt", "rsqrt", "sigmoid", "tanh", "relu", "gelu", "silu",
+                "logsigmoid", "softplus", "neg", "clone", "contiguous", "detach", "dim", "dtype", "numel",
                 "shape", "is_contiguous", "is_leaf", "needs_grad", "grad_fn", "float", "int",
                 "totable", "zero", "t", "zero_grad" }
 for _, name in ipairs(UNARY) do
