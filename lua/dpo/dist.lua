@@ -17,6 +17,8 @@
 --   dist.grads(params) -> the gradients of a list of parameters, for
 --                  dist.allreduce(dist.grads(model:parameters()), "mean"):
 --                  a model's gradients lie in one arena, so this is one call
+--   dist.pending_signal() -> name, exit code | nil   dpo.pending_signal()
+--                  agreed by every rank: the first rank's that has one
 --   dist.stats() -> {seconds, calls}       time spent in MPI
 --   dist.finalize()                        leave the world (every rank, before
 --                                          an exit all agreed on)
@@ -53,6 +55,19 @@ function dist.grads(params)
       out[#out + 1] = p.grad
    end
    return out
+end
+
+function dist.pending_signal()
+   local sig, code = core.pending_signal()
+   if core.dist.size() == 1 then return sig, code end
+   local all = core.dist.allgather(sig and (sig .. "=" .. code) or nil)
+   for r = 1, #all do
+      if all[r] then
+         local name, c = all[r]:match("^(.-)=(%d+)$")
+         return name, math.tointeger(tonumber(c))
+      end
+   end
+   return nil
 end
 
 return dist

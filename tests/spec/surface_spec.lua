@@ -1106,6 +1106,10 @@ case("dpo.dist.allgather", {
    end,
 })
 case("dpo.dist.sum", { args = { S.num(1.5) } })
+case("dpo.dist.pending_signal", {
+   any = "no arguments; extra ones are ignored",
+   check = function(sig) assert.is_nil(sig) end,
+})
 case("dpo.dist.any", { args = { S.any(true) } })
 case("dpo.dist.grads", {
    args = { S.tab(function() return model():parameters() end) },
