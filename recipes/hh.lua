@@ -263,7 +263,9 @@ local function setup(argv, defaults)
    dpo.manual_seed(o.seed)
    -- from here a first Ctrl-C or SIGTERM is a request to stop at a step boundary
    dpo.trap_signals()
-   J.how_to_resume = ("%s %s --resume %s"):format(interpreter(), arg and arg[0] or "recipes/hh.lua", o.out)
+   J.how_to_resume = ("%s%s %s --resume %s"):format(
+      dpo.dist.size() > 1 and ("mpirun -np %d "):format(dpo.dist.size()) or "", interpreter(),
+      arg and arg[0] or "recipes/hh.lua", o.out)
    return J
 end
 
