@@ -86,6 +86,14 @@
 --                            ref <- alpha * policy + (1 - alpha) * ref
 --                            (alpha = 1: a hard copy)
 --
+-- Under mpirun (dpo.dist), every rank calls the phase with the same options
+-- and data: a step takes ranks x grad_accum micro-batches of batch_size, rank
+-- r computes its own grad_accum of them, the gradients are averaged over the
+-- ranks (see dpo.step), and the numbers are those of one process that
+-- accumulates ranks x grad_accum micro-batches (to float32 rounding). Rank 0
+-- alone writes (out, run); the others keep their records in memory and say
+-- nothing. max_steps from epochs counts global batches.
+--
 -- Result: {model, optimizer, step (global), steps (this phase), metrics (the
 -- last train record), eval (the last eval record), skipped, checkpoint (the
 -- final checkpoint's path), elapsed, run, ref (the reference model)}.
