@@ -1,7 +1,9 @@
--- Benchmark: one DPO training step on GPT-2-shaped models, dpolua next to
--- PyTorch (../shared/bench/torch_dpo_step.py) in the same run.
+-- Benchmark: one DPO training step on GPT-2-shaped models and on a
+-- Llama-family model of SmolLM2-135M's shape (config smollm: dpo.model's
+-- Llama engine), dpolua next to PyTorch (../shared/bench/torch_dpo_step.py,
+-- --arch llama for smollm) in the same run.
 --
---   dpolua examples/bench_gpt.lua [--configs tiny,small,gpt2] [--steps 5]
+--   dpolua examples/bench_gpt.lua [--configs tiny,small,gpt2,smollm] [--steps 5]
 --                                 [--peer path/to/torch_dpo_step.py] [--no-peer]
 --
 -- A step: policy logps forward and backward on B chosen + B rejected rows of
@@ -17,8 +19,10 @@ local configs = {
    tiny = { V = 512, L = 4, H = 4, C = 256, T = 256, B = 4 },
    small = { V = 50257, L = 6, H = 6, C = 384, T = 256, B = 4 },
    gpt2 = { V = 50257, L = 12, H = 12, C = 768, T = 256, B = 2 },
+   -- SmolLM2-135M: tied, 9 heads of 64, 3 key/value heads, SwiGLU 1536
+   smollm = { arch = "llama", V = 49152, L = 30, H = 9, KV = 3, C = 576, I = 1536, T = 256, B = 2 },
 }
-local order = { "tiny", "small", "gpt2" }
+local order = { "tiny", "small", "gpt2", "smollm" }
 
 local opts = { configs = "tiny,small,gpt2", steps = 5, peer = nil, child = nil }
 do
@@ -42,9 +46,15 @@ do
    opts.steps = tonumber(opts.steps)
 end
 
+-- the peer's count: parameters in products (the tied head once), attention over T x T
 local function flops_per_step(c)
    local n_mm = c.L * 12 * c.C * c.C + c.V * c.C
    local attn = 4 * c.L * c.C * c.T
+   if c.arch == "llama" then
+      local D = c.C // c.H
+      n_mm = c.L * (c.C * c.H * D * 2 + 2 * c.C * c.KV * D + 3 * c.C * c.I) + c.V * c.C
+      attn = 4 * c.L * c.H * D * c.T
+   end
    local tokens = 2 * c.B * c.T
    return tokens * (6 * n_mm + 3 * attn) + tokens * (2 * n_mm + attn)
 end
@@ -68,8 +78,15 @@ end
 local function run_child(name)
    local c = assert(configs[name], "unknown config " .. name)
    dpo.manual_seed(1234)
-   local policy = dpo.gpt.new{ vocab_size = c.V, n_ctx = c.T + 1, n_layer = c.L, n_head = c.H,
-      n_embd = c.C, seed = 1234 }
+   local policy
+   if c.arch == "llama" then
+      policy = dpo.model.new{ model_type = "llama", vocab_size = c.V, hidden_size = c.C, intermediate_size = c.I,
+         num_hidden_layers = c.L, num_attention_heads = c.H, num_key_value_heads = c.KV,
+         max_position_embeddings = 2048, rms_norm_eps = 1e-5, tie_word_embeddings = true, seed = 1234 }
+   else
+      policy = dpo.gpt.new{ vocab_size = c.V, n_ctx = c.T + 1, n_layer = c.L, n_head = c.H,
+         n_embd = c.C, seed = 1234 }
+   end
    local reference = policy:clone(true)
    local opt = dpo.optim.adamw(policy:parameters(), { lr = 1e-5, weight_decay = 0 })
    local P, T, B = c.T // 2, c.T, c.B
@@ -152,8 +169,9 @@ for name in opts.configs:gmatch("[^,]+") do
       ours_tps, flops / (ms / 1e3) / 1e9, 100 * flops / (ms / 1e3) / 1e9 / sg, tonumber(rss),
       tonumber(lf), tonumber(ll)))
    if have_peer then
-      local pout = run(string.format("%s %s --V %d --L %d --H %d --C %d --T %d --B %d --threads %d --steps %d",
-         python, shell_quote(peer), c.V, c.L, c.H, c.C, c.T, c.B, threads, opts.steps))
+      local arch = c.arch == "llama" and string.format(" --arch llama --KV %d --I %d", c.KV, c.I) or ""
+      local pout = run(string.format("%s %s%s --V %d --L %d --H %d --C %d --T %d --B %d --threads %d --steps %d",
+         python, shell_quote(peer), arch, c.V, c.L, c.H, c.C, c.T, c.B, threads, opts.steps))
       local pms = tonumber(pout:match("ms/step median=([%d.]+)"))
       local prss = tonumber(pout:match("maxrss=([%d.]+) MiB"))
       local plf, pll = pout:match("loss first=([%d.-]+) last=([%d.-]+)")

@@ -22,8 +22,9 @@
 --
 -- By default it trains a tiny GPT-2 from scratch, with a BPE tokenizer trained
 -- on the data, on the bundled sample (examples/data/hh-sample), in about two
--- minutes on two cores. With --model=DIR (a Hugging Face GPT-2 directory with
--- its tokenizer) the defaults become the original DPO HH settings: beta 0.1,
+-- minutes on two cores. With --model=DIR (a Hugging Face directory of a
+-- supported family -- GPT-2, Llama, Mistral, Qwen2, Qwen3, SmolLM2 -- with its
+-- tokenizer) the defaults become the original DPO HH settings: beta 0.1,
 -- RMSprop, learning rate 1e-6 warmed up linearly over 150 steps, 64 pairs a
 -- step, gradient clipping at 10, max length 512 and max prompt length 256.
 --
@@ -53,7 +54,11 @@ M.spec = {
       "then a held-out evaluation.",
    { "data", "examples/data/hh-sample",
      "directory holding train and test files (HH format: .jsonl or .jsonl.gz)" },
-   { "model", "", "a Hugging Face GPT-2 directory (weights and tokenizer); empty: a tiny model from scratch" },
+   { "model", "", "a Hugging Face model directory (config.json, model.safetensors, tokenizer), model_type " ..
+     "gpt2, llama (Llama 2/3.x, TinyLlama, SmolLM2), mistral, qwen2 (Qwen2/2.5) or qwen3; " ..
+     "empty: a tiny GPT-2 from scratch" },
+   { "chat_template", "auto", "render the dialogues as messages through a chat template: auto (the " ..
+     "model's, when it has one), none (the HH text as it is), or a template file's path" },
    { "out", "runs/hh", "the run directory" },
    { "overwrite", false, "replace an existing run directory" },
    { "resume", "", "continue the run in this directory from its newest checkpoint, with its options " ..
@@ -318,13 +323,34 @@ local function open_run(J)
    dpo.dist.barrier()
 end
 
--- The train and test pairs, cleaned and deduplicated.
+-- The chat template --chat_template names: text and source, or nil.
+local function chat_template_of(o)
+   if o.chat_template == "none" then return nil end
+   if o.chat_template ~= "auto" then
+      local f, err = io.open(o.chat_template, "rb")
+      if not f then die("--chat_template: " .. err) end
+      local text = f:read("a")
+      f:close()
+      return text, o.chat_template
+   end
+   if scratch(o) then return nil end
+   local ok, t = pcall(dpo.tokenizer.load, o.model)
+   if not ok then die(tostring(t)) end
+   local text, source = t:chat_template()
+   t:free()
+   return text, source
+end
+
+-- The train and test pairs, cleaned and deduplicated; as messages when a chat
+-- template renders them (the dialogue reader checks their turns: no hh_clean).
 local function load_data(J)
-   local train_raw, err1 = dpo.data.hh(J.train_path)
+   J.chat_text, J.chat_source = chat_template_of(J.o)
+   local hh_opts = { messages = J.chat_text ~= nil }
+   local train_raw, err1 = dpo.data.hh(J.train_path, hh_opts)
    if not train_raw then die(err1) end
-   local test_raw, err2 = dpo.data.hh(J.test_path)
+   local test_raw, err2 = dpo.data.hh(J.test_path, hh_opts)
    if not test_raw then die(err2) end
-   local clean = dpo.filters.hh_clean()
+   local clean = J.chat_text and dpo.filters.distinct() or dpo.filters.hh_clean()
    local train = train_raw:filter(clean):filter(dpo.filters.dedupe())
    local test = test_raw:filter(clean):filter(dpo.filters.dedupe())
    say("data: %s: %d pairs (%d removed by filters); %s: %d pairs", J.train_path, #train,
@@ -349,7 +375,7 @@ local function tokenizer_and_model(J, train)
                              n_head = o.tiny.n_head, n_embd = o.tiny.n_embd, seed = o.seed }
       return
    end
-   local okm, m = pcall(dpo.gpt.load, o.model)
+   local okm, m = pcall(dpo.model.load, o.model)
    if not okm then die(tostring(m)) end
    J.model = m
    local okt, t = pcall(dpo.tokenizer.load, o.model)
@@ -364,9 +390,16 @@ end
 local function tokenize(J, train, test)
    local o = J.o
    local tokopts = { max_length = o.max_length, max_prompt_length = o.max_prompt_length }
+   if J.chat_text then
+      local ok, err = pcall(J.tok.set_chat_template, J.tok, J.chat_text, J.chat_source)
+      if not ok then die(tostring(err)) end
+   end
    J.train_ds = train:tokenize(J.tok, tokopts)
    J.test_ds = test:tokenize(J.tok, tokopts)
    if #J.train_ds == 0 or #J.test_ds == 0 then die("no pairs are left after tokenization") end
+   if J.chat_text then
+      say("chat template: %s; the first prompt as rendered:\n%s", J.chat_source, J.train_ds:get(1).prompt)
+   end
    J.eval_ds = J.test_ds:take(math.min(o.eval_pairs, #J.test_ds))
 end
 
@@ -405,7 +438,7 @@ local function sft_phase(J)
       -- done before: the model it ended with is the checkpoint's, or the DPO phase's reference
       local path = st.kind == "sft" and latest.path or (st.reference and st.reference.source)
       local okm, m = true, latest.model
-      if st.kind == "dpo" then okm, m = pcall(dpo.gpt.load, tostring(path)) end
+      if st.kind == "dpo" then okm, m = pcall(dpo.model.load, tostring(path)) end
       if not okm then die(("cannot resume: the SFT checkpoint the DPO phase began from: %s"):format(tostring(m))) end
       take_weights(J, m)
       say("done before: %s", path)
@@ -496,6 +529,10 @@ local function write_report(J, final, samples)
       { "beta", o.dpo.beta },
       { "time", fmt_time(dpo.clock() - J.t0) },
    }
+   if J.chat_text then
+      facts[#facts + 1] = { "chat template", J.chat_source }
+      facts[#facts + 1] = { "example prompt", (J.train_ds:get(1).prompt:gsub("\n", "\\n")) }
+   end
    dpo.report.write(J.run.dir .. "/report.html", {
       title = "HH: SFT, then DPO", subtitle = "dpolua recipes/hh.lua " .. table.concat(J.argv or {}, " "),
       records = J.run.records, table = final, samples = samples, facts = facts,

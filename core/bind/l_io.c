@@ -1,8 +1,15 @@
 /*
 ** l_io.c: the Lua face of safetensors files (core/data/safetensors.c).
 **
-**   dpo.save(path, {name = tensor, ...} [, metadata]) -> true | nil, "path: reason"
+**   dpo.save(path, {name = tensor, ...} [, metadata [, {dtype = "float32"}]])
+**       -> true | nil, "path: reason"; dtype "bfloat16" or "float16" stores
+**       float32 tensors rounded to nearest even
 **   dpo.load(path) -> tensors, metadata | nil, "path: reason"
+**   dpo.open_safetensors(path) -> reader | nil, "path: reason"
+**       reader:entries() -> {{name =, dtype = "BF16", shape = {...}}, ...} in
+**       name order; reader:read(name, tensor) converts one tensor of the file
+**       into tensor (float32 or int32 as it loads, of its exact shape) and
+**       gives back the file's memory it used; reader:close() (also __close).
 **
 ** As in LuaFileSystem, environmental failures (a missing directory, a full
 ** disk, a missing or malformed file) return nil and a message naming the
@@ -19,7 +26,8 @@
 #include <lua.h>
 #include <string.h>
 
-#define ST_FILE_MT "dpo.SafetensorsFile"
+#define ST_FILE_MT   "dpo.SafetensorsFile"
+#define ST_READER_MT "dpo.SafetensorsReader"
 
 /* A string argument without embedded zeros (the engine takes C strings). */
 static const char *checkpath(lua_State *L, int i) {
@@ -74,8 +82,25 @@ static int l_save(lua_State *L) {
     dpo_tensor **ts;
     dpo_error e;
     dpo_status st;
+    dpo_st_float as = DPO_ST_F32;
     luaL_checktype(L, 2, LUA_TTABLE);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 4)) {
+        static const char *const dtypes[] = {"float32", "bfloat16", "float16", NULL};
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 4)) {
+            if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "dtype") != 0)
+                luaL_argerror(L, 4, "unknown option (the only one is dtype)");
+            lua_pop(L, 1);
+        }
+        lua_getfield(L, 4, "dtype");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_argerror(L, 4, "dtype must be \"float32\", \"bfloat16\" or \"float16\"");
+            as = (dpo_st_float)luaL_checkoption(L, -1, NULL, dtypes);
+        }
+    }
     lua_settop(L, 3);
 
     /* Arrays live in userdata, so nothing leaks when a check raises. */
@@ -125,7 +150,7 @@ static int l_save(lua_State *L) {
         }
     }
 
-    st = dpo_st_save(path, n, names, (dpo_tensor *const *)ts, nmeta, mk, mv, &e);
+    st = dpo_st_save_as(path, n, names, (dpo_tensor *const *)ts, nmeta, mk, mv, as, &e);
     if (st == DPO_OK) {
         lua_pushboolean(L, 1);
         return 1;
@@ -182,6 +207,91 @@ static int l_load(lua_State *L) {
     return 2;
 }
 
+/* ---- one tensor at a time ------------------------------------------------------ */
+
+static dpo_st_reader *checkreader(lua_State *L) {
+    dpo_st_reader **p = (dpo_st_reader **)luaL_checkudata(L, 1, ST_READER_MT);
+    if (!*p) luaL_argerror(L, 1, "the file is closed");
+    return *p;
+}
+
+/* dpo.open_safetensors(path) -> reader | nil, "path: reason" */
+static int l_open(lua_State *L) {
+    const char *path = checkpath(L, 1);
+    dpo_st_reader **box;
+    dpo_error e;
+    box = (dpo_st_reader **)lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    luaL_setmetatable(L, ST_READER_MT);
+    *box = dpo_st_open(path, &e);
+    if (!*box) {
+        if (e.status == DPO_ERR_ARG) return dpo_l_raise(L, &e, 1);
+        luaL_pushfail(L);
+        lua_pushstring(L, e.msg);
+        return 2;
+    }
+    return 1;
+}
+
+/* reader:entries() -> {{name =, dtype =, shape = {...}}, ...} in name order */
+static int reader_entries(lua_State *L) {
+    dpo_st_reader *r = checkreader(L);
+    int n = dpo_st_count(r);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        const dpo_st_info *in = dpo_st_info_at(r, i);
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, in->name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, in->dtype);
+        lua_setfield(L, -2, "dtype");
+        lua_createtable(L, in->ndim, 0);
+        for (int d = 0; d < in->ndim; d++) {
+            lua_pushinteger(L, (lua_Integer)in->shape[d]);
+            lua_rawseti(L, -2, d + 1);
+        }
+        lua_setfield(L, -2, "shape");
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* reader:read(name, tensor) -> true: tensor i of the file converted into tensor */
+static int reader_read(lua_State *L) {
+    dpo_st_reader *r = checkreader(L);
+    const char *name = luaL_checkstring(L, 2);
+    dpo_tensor *dst = dpo_l_checktensor(L, 3);
+    int i = dpo_st_index(r, name);
+    dpo_error e;
+    if (i < 0)
+        return luaL_argerror(L, 2,
+                             lua_pushfstring(L, "no tensor '%s' in %s", name, dpo_st_path(r)));
+    if (dpo_st_read(r, i, dst, &e) != DPO_OK) return dpo_l_raise(L, &e, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* reader:close(), also __gc and __close: unmap the file; closing twice is fine */
+static int reader_close(lua_State *L) {
+    dpo_st_reader **p = (dpo_st_reader **)luaL_checkudata(L, 1, ST_READER_MT);
+    dpo_st_close(*p);
+    *p = NULL;
+    return 0;
+}
+
+static const luaL_Reg reader_methods[] = {
+    {"entries", reader_entries},
+    {"read", reader_read},
+    {"close", reader_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg reader_meta[] = {
+    {"__gc", reader_close},
+    {"__close", reader_close},
+    {NULL, NULL},
+};
+
 static const luaL_Reg file_meta[] = {
     {"__gc", file_gc},
     {"__close", file_gc},
@@ -221,12 +331,22 @@ static int l_sync_dir(lua_State *L) {
 }
 
 static const luaL_Reg functions[] = {
-    {"save", l_save}, {"load", l_load}, {"sync_dir", l_sync_dir}, {"write_file", l_write_file},
+    {"save", l_save},
+    {"load", l_load},
+    {"open_safetensors", l_open},
+    {"sync_dir", l_sync_dir},
+    {"write_file", l_write_file},
     {NULL, NULL},
 };
 
 int dpo_open_io(lua_State *L) {
     if (luaL_newmetatable(L, ST_FILE_MT)) luaL_setfuncs(L, file_meta, 0);
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, ST_READER_MT)) {
+        luaL_setfuncs(L, reader_meta, 0);
+        luaL_newlib(L, reader_methods);
+        lua_setfield(L, -2, "__index");
+    }
     lua_pop(L, 1);
     luaL_setfuncs(L, functions, 0);
     return 0;

@@ -36,6 +36,7 @@ int dpo_open_optim(lua_State *L);
 int dpo_open_io(lua_State *L);
 int dpo_open_bpe(lua_State *L);
 int dpo_open_gpt(lua_State *L);
+int dpo_open_llama(lua_State *L);
 int dpo_open_data(lua_State *L);
 int dpo_open_dist(lua_State *L);
 

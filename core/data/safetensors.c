@@ -16,6 +16,7 @@
 ** Aligned F32/I32 tensors are views of the mapping, which a refcount keeps
 ** alive until the last view goes; the rest are converted into new tensors.
 */
+#define _DEFAULT_SOURCE /* madvise(MADV_DONTNEED): glibc's posix_madvise ignores DONTNEED */
 #include "data/safetensors.h"
 #include "base/io.h"
 
@@ -106,7 +107,7 @@ static float bits_f32(uint32_t u) {
 /* ---- exact conversions to float32 ------------------------------------------ */
 
 /* IEEE half: 1 sign, 5 exponent (bias 15), 10 mantissa bits. */
-static float f16_to_f32(uint16_t h) {
+float dpo_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, ex = (h >> 10) & 0x1f, man = h & 0x3ff;
     if (ex == 0) { /* zero or subnormal: man * 2^-24, exact in float */
         float v = (float)man * 0x1p-24f;
@@ -117,7 +118,7 @@ static float f16_to_f32(uint16_t h) {
 }
 
 /* bfloat16 is the top half of a float32. */
-static float bf16_to_f32(uint16_t b) {
+float dpo_bf16_to_f32(uint16_t b) {
     return bits_f32((uint32_t)b << 16);
 }
 
@@ -135,7 +136,7 @@ static float e4m3_to_f32(unsigned char b) {
 
 /* FP8 E5M2 is the top byte of an IEEE half. */
 static float e5m2_to_f32(unsigned char b) {
-    return f16_to_f32((uint16_t)(b << 8));
+    return dpo_f16_to_f32((uint16_t)(b << 8));
 }
 
 /* Round to nearest even, with overflow to infinity as IEEE does, spelled out
@@ -148,6 +149,46 @@ static float f64_to_f32(double d) {
         return d < 0 ? -big : big;
     }
     return (float)d;
+}
+
+/* ---- rounding float32 to the 16-bit formats ---------------------------------- */
+
+/* Keep the top 16 bits, rounding the dropped 16 to nearest, ties to even (the
+   carry runs into the exponent, so the largest finite values round up to
+   infinity as IEEE says). NaN stays NaN of its sign with the quiet bit set. */
+uint16_t dpo_f32_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* To IEEE half, rounding to nearest even in every range: 65520 (halfway
+   between the largest half, 65504, and 2^16) and beyond become infinity,
+   values under 2^-14 become subnormals (multiples of 2^-24), 2^-25 and below
+   zero. NaN stays NaN of its sign with the quiet bit set. */
+uint16_t dpo_f32_to_f16(float x) {
+    uint32_t u, a, sign, e, m, s, r, rem, half;
+    memcpy(&u, &x, 4);
+    sign = (u >> 16) & 0x8000u;
+    a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520, and infinity */
+    if (a >= 0x38800000u) {                                  /* a normal half */
+        r = a + 0xfffu + ((a >> 13) & 1u);
+        return (uint16_t)(sign | ((r >> 13) - (112u << 10)));
+    }
+    if (a <= 0x33000000u) return (uint16_t)sign; /* <= 2^-25: zero (the tie goes to even 0) */
+    /* a subnormal half: the value in units of 2^-24 is M * 2^(e-126) */
+    e = a >> 23;
+    m = (a & 0x7fffffu) | 0x800000u;
+    s = 126u - e; /* 14..24 */
+    r = m >> s;
+    rem = m & ((1u << s) - 1u);
+    half = 1u << (s - 1u);
+    if (rem > half || (rem == half && (r & 1u))) r++; /* may carry into the smallest normal */
+    return (uint16_t)(sign | r);
 }
 
 /* ---- small helpers ---------------------------------------------------------------- */
@@ -240,37 +281,66 @@ static int *sorted_order(int n, const char *const *names) {
     return order;
 }
 
-/* Write the elements of t as little-endian 4-byte words. */
-static dpo_status emit_tensor(dpo_afile *w, const dpo_tensor *t, dpo_error *e) {
+/* Elements narrowed to 16 bits per write: a bounded buffer, never a copy of the tensor. */
+#define EMIT_CHUNK 4096
+
+static const char *const float_names[] = {"F32", "BF16", "F16"};
+_Static_assert(sizeof float_names / sizeof float_names[0] == DPO_ST_FLOAT_COUNT,
+               "float_names must name every dpo_st_float");
+
+/* Bytes per element of t in the file. */
+static uint64_t stored_size(const dpo_tensor *t, dpo_st_float as) {
+    return t->dtype == DPO_F32 && as != DPO_ST_F32 ? 2 : 4;
+}
+
+/* Write the elements of t as little-endian words: 4 bytes, or 2 for float32
+   saved as BF16 or F16 (converted EMIT_CHUNK elements at a time). */
+static dpo_status emit_tensor(dpo_afile *w, const dpo_tensor *t, dpo_st_float as, dpo_error *e) {
     int64_t n = dpo_tensor_numel(t);
-    unsigned char *tmp;
+    unsigned char *tmp = NULL;
     if (n == 0) return DPO_OK;
-    if (dpo_tensor_is_contiguous(t) && host_is_le()) {
+    if (stored_size(t, as) == 4 && dpo_tensor_is_contiguous(t) && host_is_le()) {
         dpo_afile_write(w, (const char *)t->storage->data + t->offset * 4, (size_t)n * 4);
         return DPO_OK;
     }
-    tmp = (unsigned char *)dpo_alloc((size_t)n * 4);
-    if (!tmp) {
-        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory packing a tensor of %lld elements",
-                 (long long)n);
-        return DPO_ERR_MEM;
+    if (!dpo_tensor_is_contiguous(t) || !host_is_le()) {
+        tmp = (unsigned char *)dpo_alloc((size_t)n * 4);
+        if (!tmp) {
+            dpo_fail(e, DPO_ERR_MEM, 0, "out of memory packing a tensor of %lld elements",
+                     (long long)n);
+            return DPO_ERR_MEM;
+        }
+        dpo_tensor_pack(t, tmp);
     }
-    dpo_tensor_pack(t, tmp);
-    if (!host_is_le())
-        for (int64_t i = 0; i < n; i++) {
+    if (stored_size(t, as) == 4) {
+        for (int64_t i = 0; i < n && !host_is_le(); i++) { /* swap each word */
             unsigned char *q = tmp + 4 * i, c;
             c = q[0], q[0] = q[3], q[3] = c;
             c = q[1], q[1] = q[2], q[2] = c;
         }
-    dpo_afile_write(w, tmp, (size_t)n * 4);
+        dpo_afile_write(w, tmp, (size_t)n * 4);
+    } else {
+        const float *src = tmp ? (const float *)(void *)tmp : dpo_f32(t);
+        unsigned char out[2 * EMIT_CHUNK];
+        for (int64_t i0 = 0; i0 < n; i0 += EMIT_CHUNK) {
+            int64_t m = n - i0 < EMIT_CHUNK ? n - i0 : EMIT_CHUNK;
+            for (int64_t j = 0; j < m; j++) {
+                uint16_t h =
+                    as == DPO_ST_BF16 ? dpo_f32_to_bf16(src[i0 + j]) : dpo_f32_to_f16(src[i0 + j]);
+                out[2 * j] = (unsigned char)(h & 0xff);
+                out[2 * j + 1] = (unsigned char)(h >> 8);
+            }
+            dpo_afile_write(w, out, (size_t)m * 2);
+        }
+    }
     dpo_free(tmp);
     return DPO_OK;
 }
 
 /* Check the arguments of dpo_st_save and build its (unpadded) header text. */
 static char *build_header(int n, const char *const *names, dpo_tensor *const *tensors,
-                          const int *order, int nmeta, const char *const *mk, const char *const *mv,
-                          const int *morder, dpo_error *e) {
+                          dpo_st_float as, const int *order, int nmeta, const char *const *mk,
+                          const char *const *mv, const int *morder, dpo_error *e) {
     json_t *root = json_object(), *md = NULL;
     char *text = NULL;
     uint64_t off = 0;
@@ -300,7 +370,7 @@ static char *build_header(int n, const char *const *names, dpo_tensor *const *te
         int i = order[k];
         const dpo_tensor *t = tensors[i];
         json_t *ent, *shape, *offs;
-        uint64_t nbytes = (uint64_t)dpo_tensor_numel(t) * 4;
+        uint64_t nbytes = (uint64_t)dpo_tensor_numel(t) * stored_size(t, as);
         if (k > 0 && strcmp(names[i], names[order[k - 1]]) == 0) {
             dpo_fail(e, DPO_ERR_ARG, 2, "duplicate tensor name '%s'", names[i]);
             goto fail;
@@ -313,7 +383,8 @@ static char *build_header(int n, const char *const *names, dpo_tensor *const *te
         }
         shape = json_array();
         offs = json_array();
-        if (json_object_set_new(ent, "dtype", json_string(t->dtype == DPO_I32 ? "I32" : "F32")) ||
+        if (json_object_set_new(ent, "dtype",
+                                json_string(t->dtype == DPO_I32 ? "I32" : float_names[as])) ||
             json_object_set_new(ent, "shape", shape) ||
             json_object_set_new(ent, "data_offsets", offs))
             goto oom;
@@ -338,6 +409,12 @@ fail:
 dpo_status dpo_st_save(const char *path, int n, const char *const *names,
                        dpo_tensor *const *tensors, int nmeta, const char *const *meta_keys,
                        const char *const *meta_values, dpo_error *e) {
+    return dpo_st_save_as(path, n, names, tensors, nmeta, meta_keys, meta_values, DPO_ST_F32, e);
+}
+
+dpo_status dpo_st_save_as(const char *path, int n, const char *const *names,
+                          dpo_tensor *const *tensors, int nmeta, const char *const *meta_keys,
+                          const char *const *meta_values, dpo_st_float as, dpo_error *e) {
     int *order = NULL, *morder = NULL;
     char *header = NULL;
     dpo_afile *w = NULL;
@@ -349,6 +426,7 @@ dpo_status dpo_st_save(const char *path, int n, const char *const *names,
     if (n < 0 || nmeta < 0 || (n > 0 && (!names || !tensors)) ||
         (nmeta > 0 && (!meta_keys || !meta_values)))
         return fail_arg(e, 0, "negative counts or missing arrays");
+    if ((int)as < 0 || as >= DPO_ST_FLOAT_COUNT) return fail_arg(e, 8, "unknown float format");
     for (int i = 0; i < n; i++) {
         if (!names[i] || !*names[i]) return fail_arg(e, 2, "tensor names must not be empty");
         if (strcmp(names[i], "__metadata__") == 0)
@@ -366,7 +444,7 @@ dpo_status dpo_st_save(const char *path, int n, const char *const *names,
         dpo_fail(e, st, 0, "out of memory");
         goto done;
     }
-    header = build_header(n, names, tensors, order, nmeta, meta_keys, meta_values, morder, e);
+    header = build_header(n, names, tensors, as, order, nmeta, meta_keys, meta_values, morder, e);
     if (!header) {
         st = e ? e->status : DPO_ERR_MEM;
         goto done;
@@ -383,7 +461,7 @@ dpo_status dpo_st_save(const char *path, int n, const char *const *names,
     dpo_afile_write(w, header, hlen);
     for (size_t k = hlen; k < padded; k++) dpo_afile_write(w, " ", 1);
     for (int k = 0; k < n; k++)
-        if ((st = emit_tensor(w, tensors[order[k]], e)) != DPO_OK) {
+        if ((st = emit_tensor(w, tensors[order[k]], as, e)) != DPO_OK) {
             dpo_afile_abort(w);
             goto done;
         }
@@ -542,39 +620,46 @@ static int parse_entry(const char *path, const char *name, json_t *v, uint64_t d
     return 0;
 }
 
+/* Widen n elements of float kind k at src into d. */
+static void widen(int k, const unsigned char *src, float *d, int64_t n) {
+    switch (k) {
+    case K_F32:
+        if (host_is_le())
+            memcpy(d, src, (size_t)n * 4);
+        else
+            for (int64_t i = 0; i < n; i++) d[i] = bits_f32(rd32(src + 4 * i));
+        break;
+    case K_F16:
+#pragma omp parallel for if (n > 65536)
+        for (int64_t i = 0; i < n; i++) d[i] = dpo_f16_to_f32(rd16(src + 2 * i));
+        break;
+    case K_BF16:
+#pragma omp parallel for if (n > 65536)
+        for (int64_t i = 0; i < n; i++) d[i] = dpo_bf16_to_f32(rd16(src + 2 * i));
+        break;
+    case K_F64:
+        for (int64_t i = 0; i < n; i++) {
+            uint64_t u = rd64(src + 8 * i);
+            double v;
+            memcpy(&v, &u, 8);
+            d[i] = f64_to_f32(v);
+        }
+        break;
+    case K_F8_E4M3:
+        for (int64_t i = 0; i < n; i++) d[i] = e4m3_to_f32(src[i]);
+        break;
+    default: /* K_F8_E5M2 */
+        for (int64_t i = 0; i < n; i++) d[i] = e5m2_to_f32(src[i]);
+        break;
+    }
+}
+
 /* Convert n elements of kind k at src into t (a new contiguous tensor). */
 static int convert(const char *path, const st_entry *en, const unsigned char *src, dpo_tensor *t,
                    dpo_error *e) {
     int64_t n = (int64_t)en->numel;
     if (kinds[en->kind].to == DPO_F32) {
-        float *d = dpo_f32(t);
-        switch (en->kind) {
-        case K_F32:
-            for (int64_t i = 0; i < n; i++) d[i] = bits_f32(rd32(src + 4 * i));
-            break;
-        case K_F16:
-#pragma omp parallel for if (n > 65536)
-            for (int64_t i = 0; i < n; i++) d[i] = f16_to_f32(rd16(src + 2 * i));
-            break;
-        case K_BF16:
-#pragma omp parallel for if (n > 65536)
-            for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(rd16(src + 2 * i));
-            break;
-        case K_F64:
-            for (int64_t i = 0; i < n; i++) {
-                uint64_t u = rd64(src + 8 * i);
-                double v;
-                memcpy(&v, &u, 8);
-                d[i] = f64_to_f32(v);
-            }
-            break;
-        case K_F8_E4M3:
-            for (int64_t i = 0; i < n; i++) d[i] = e4m3_to_f32(src[i]);
-            break;
-        default: /* K_F8_E5M2 */
-            for (int64_t i = 0; i < n; i++) d[i] = e5m2_to_f32(src[i]);
-            break;
-        }
+        widen(en->kind, src, dpo_f32(t), n);
         return 0;
     }
     {
@@ -657,46 +742,67 @@ static dpo_tensor *make_tensor(const char *path, const st_entry *en, unsigned ch
     return t;
 }
 
-/* Everything after the mapping: header checks, then the tensors. */
-static dpo_st_file *load_mapped(const char *path, st_map *m, dpo_error *e) {
-    unsigned char *base = (unsigned char *)m->base;
-    uint64_t size = m->len, hlen = rd64(base), dsize;
+/* An open file: the mapping, the checked header, the entries by name. */
+struct dpo_st_reader {
+    char *path;
+    st_map *m;           /* one reference */
+    unsigned char *data; /* the data section */
+    json_t *root;        /* owns the entries' names */
+    json_t *meta;        /* "__metadata__" (in root), or NULL */
+    st_entry *ents;      /* nent entries, sorted by name */
+    dpo_st_info *info;   /* nent, the public face of ents */
+    int nent;
+};
+
+void dpo_st_close(dpo_st_reader *r) {
+    if (!r) return;
+    if (r->m) map_release(r->m);
+    json_decref(r->root);
+    free(r->ents);
+    free(r->info);
+    free(r->path);
+    free(r);
+}
+
+/* Check the header of the mapped file r->m in full; fill r. */
+static int parse_header(dpo_st_reader *r, dpo_error *e) {
+    const char *path = r->path;
+    unsigned char *base = (unsigned char *)r->m->base;
+    uint64_t size = r->m->len, hlen = rd64(base), dsize;
     json_error_t jerr;
-    json_t *root, *v, *meta = NULL;
+    json_t *root, *v;
     const char *key;
-    st_entry *ents = NULL;
     size_t nent = 0, k;
-    dpo_st_file *f = NULL;
 
     if (hlen > size - 8) {
         dpo_fail(e, DPO_ERR_IO, 0,
                  "%s: header length %llu runs past the end of the file (%llu bytes after the "
                  "length)",
                  path, (unsigned long long)hlen, (unsigned long long)(size - 8));
-        return NULL;
+        return -1;
     }
     if (hlen > DPO_ST_MAX_HEADER) {
         dpo_fail(e, DPO_ERR_IO, 0, "%s: header length %llu is over the limit of %d bytes", path,
                  (unsigned long long)hlen, DPO_ST_MAX_HEADER);
-        return NULL;
+        return -1;
     }
     dsize = size - 8 - hlen;
-    root = json_loadb((const char *)base + 8, (size_t)hlen,
-                      JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    r->data = base + 8 + hlen;
+    root = r->root = json_loadb((const char *)base + 8, (size_t)hlen,
+                                JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!root) {
         dpo_fail(e, DPO_ERR_IO, 0, "%s: header is not valid JSON: %s (at byte %d of the header)",
                  path, jerr.text, jerr.position);
-        return NULL;
+        return -1;
     }
     if (!json_is_object(root)) {
         dpo_fail(e, DPO_ERR_IO, 0, "%s: header is %s, not a JSON object", path, json_kind(root));
-        goto fail;
+        return -1;
     }
-
-    ents = (st_entry *)calloc(json_object_size(root) + 1, sizeof *ents);
-    if (!ents) {
+    r->ents = (st_entry *)calloc(json_object_size(root) + 1, sizeof *r->ents);
+    if (!r->ents) {
         dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
-        goto fail;
+        return -1;
     }
     json_object_foreach(root, key, v) {
         if (strcmp(key, "__metadata__") == 0) {
@@ -705,31 +811,31 @@ static dpo_st_file *load_mapped(const char *path, st_map *m, dpo_error *e) {
             if (!json_is_object(v)) {
                 dpo_fail(e, DPO_ERR_IO, 0, "%s: \"__metadata__\" is %s, not an object", path,
                          json_kind(v));
-                goto fail;
+                return -1;
             }
             json_object_foreach(v, mk, mv) {
                 if (!json_is_string(mv)) {
                     dpo_fail(e, DPO_ERR_IO, 0,
                              "%s: \"__metadata__\" value for '%s' is %s, not a string", path, mk,
                              json_kind(mv));
-                    goto fail;
+                    return -1;
                 }
             }
-            meta = v;
+            r->meta = v;
             continue;
         }
-        if (parse_entry(path, key, v, dsize, &ents[nent], e) != 0) goto fail;
+        if (parse_entry(path, key, v, dsize, &r->ents[nent], e) != 0) return -1;
         nent++;
     }
     if (nent > INT_MAX) {
         dpo_fail(e, DPO_ERR_IO, 0, "%s: too many tensors", path);
-        goto fail;
+        return -1;
     }
 
     /* No two non-empty byte ranges may share a byte. */
-    qsort(ents, nent, sizeof *ents, cmp_begin);
+    qsort(r->ents, nent, sizeof *r->ents, cmp_begin);
     {
-        const st_entry *prev = NULL;
+        const st_entry *prev = NULL, *ents = r->ents;
         for (k = 0; k < nent; k++) {
             if (ents[k].begin == ents[k].end) continue;
             if (prev && ents[k].begin < prev->end) {
@@ -738,67 +844,37 @@ static dpo_st_file *load_mapped(const char *path, st_map *m, dpo_error *e) {
                          prev->name, (unsigned long long)prev->begin, (unsigned long long)prev->end,
                          ents[k].name, (unsigned long long)ents[k].begin,
                          (unsigned long long)ents[k].end);
-                goto fail;
+                return -1;
             }
             prev = &ents[k];
         }
     }
-    qsort(ents, nent, sizeof *ents, cmp_name);
-
-    /* The header is sound: build the result. */
-    f = (dpo_st_file *)calloc(1, sizeof *f);
-    if (!f) goto oom;
-    f->names = (char **)calloc(nent + 1, sizeof *f->names);
-    f->tensors = (dpo_tensor **)calloc(nent + 1, sizeof *f->tensors);
-    f->dtypes = (const char **)calloc(nent + 1, sizeof *f->dtypes);
-    if (!f->names || !f->tensors || !f->dtypes) goto oom;
-    f->ntensors = (int)nent;
+    qsort(r->ents, nent, sizeof *r->ents, cmp_name);
+    r->nent = (int)nent;
+    r->info = (dpo_st_info *)calloc(nent + 1, sizeof *r->info);
+    if (!r->info) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
+        return -1;
+    }
     for (k = 0; k < nent; k++) {
-        f->dtypes[k] = kinds[ents[k].kind].name;
-        if (!(f->names[k] = dupstr(ents[k].name))) goto oom;
-        f->tensors[k] = make_tensor(path, &ents[k], base + 8 + hlen, m, e);
-        if (!f->tensors[k]) goto fail;
+        dpo_st_info *in = &r->info[k];
+        const st_entry *en = &r->ents[k];
+        in->name = en->name;
+        in->dtype = kinds[en->kind].name;
+        in->ndim = en->ndim;
+        memcpy(in->shape, en->shape, sizeof in->shape);
+        in->numel = (int64_t)en->numel; /* fits: numel * size <= the file's size */
+        in->to = kinds[en->kind].to;
     }
-    if (meta) {
-        size_t nm = json_object_size(meta);
-        const char *mk;
-        json_t *mv;
-        f->meta_keys = (char **)calloc(nm + 1, sizeof *f->meta_keys);
-        f->meta_values = (char **)calloc(nm + 1, sizeof *f->meta_values);
-        if (!f->meta_keys || !f->meta_values) goto oom;
-        json_object_foreach(meta, mk, mv) {
-            int i = f->nmeta;
-            f->meta_keys[i] = dupstr(mk);
-            f->meta_values[i] = dupstr(json_string_value(mv));
-            f->nmeta++;
-            if (!f->meta_keys[i] || !f->meta_values[i]) goto oom;
-        }
-        /* sort pairs by key (insertion sort: metadata is small) */
-        for (int i = 1; i < f->nmeta; i++)
-            for (int j = i; j > 0 && strcmp(f->meta_keys[j - 1], f->meta_keys[j]) > 0; j--) {
-                char *a = f->meta_keys[j], *b = f->meta_values[j];
-                f->meta_keys[j] = f->meta_keys[j - 1], f->meta_values[j] = f->meta_values[j - 1];
-                f->meta_keys[j - 1] = a, f->meta_values[j - 1] = b;
-            }
-    }
-    free(ents);
-    json_decref(root);
-    return f;
-oom:
-    dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
-fail:
-    dpo_st_free(f);
-    free(ents);
-    json_decref(root);
-    return NULL;
+    return 0;
 }
 
-dpo_st_file *dpo_st_load(const char *path, dpo_error *e) {
+/* Map path (privately, writable when views of it may be handed out) and check its header. */
+static dpo_st_reader *open_file(const char *path, int writable, dpo_error *e) {
     struct stat sb;
     int fd;
     void *base;
-    st_map *m;
-    dpo_st_file *f;
+    dpo_st_reader *r;
     if (!path || !*path) return dpo_fail(e, DPO_ERR_ARG, 1, "empty path");
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return io_failp(e, path, errno);
@@ -826,20 +902,166 @@ dpo_st_file *dpo_st_load(const char *path, dpo_error *e) {
         close(fd);
         return dpo_fail(e, DPO_ERR_IO, 0, "%s: file too large to map", path);
     }
-    base = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    base =
+        mmap(NULL, (size_t)sb.st_size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_PRIVATE, fd, 0);
     if (base == MAP_FAILED) {
         int err = errno;
         close(fd);
         return io_failp(e, path, err);
     }
     close(fd);
-    m = (st_map *)malloc(sizeof *m);
-    if (!m) {
+    r = (dpo_st_reader *)calloc(1, sizeof *r);
+    if (r) r->m = (st_map *)malloc(sizeof *r->m);
+    if (r) r->path = dupstr(path);
+    if (!r || !r->m || !r->path) {
         munmap(base, (size_t)sb.st_size);
+        if (r) free(r->m), r->m = NULL;
+        dpo_st_close(r);
         return dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
     }
-    m->base = base, m->len = (size_t)sb.st_size, m->refcount = 1;
-    f = load_mapped(path, m, e);
-    map_release(m); /* the views that were made keep it mapped */
+    r->m->base = base, r->m->len = (size_t)sb.st_size, r->m->refcount = 1;
+    if (parse_header(r, e) != 0) {
+        dpo_st_close(r);
+        return NULL;
+    }
+    return r;
+}
+
+dpo_st_reader *dpo_st_open(const char *path, dpo_error *e) {
+    return open_file(path, 0, e);
+}
+
+int dpo_st_count(const dpo_st_reader *r) {
+    return r ? r->nent : 0;
+}
+
+const dpo_st_info *dpo_st_info_at(const dpo_st_reader *r, int i) {
+    return r && i >= 0 && i < r->nent ? &r->info[i] : NULL;
+}
+
+int dpo_st_index(const dpo_st_reader *r, const char *name) {
+    int lo = 0, hi = r && name ? r->nent - 1 : -1;
+    while (lo <= hi) { /* the entries are sorted by name */
+        int mid = lo + (hi - lo) / 2, c = strcmp(r->ents[mid].name, name);
+        if (c == 0) return mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
+}
+
+const char *dpo_st_path(const dpo_st_reader *r) {
+    return r ? r->path : NULL;
+}
+
+/*
+** Elements widened between two returns of the file's pages: the mapping holds
+** at most this many elements' bytes (8 MB of BF16) in memory while a tensor
+** is read, whatever its size.
+*/
+#define READ_CHUNK (4 << 20)
+
+/* Give back the pages of [a, b) of the read-only mapping: unmodified pages
+   of a file, read again from it if they are touched later. */
+static void drop_pages(const unsigned char *a, const unsigned char *b) {
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t lo;
+    if (pg <= 0 || b <= a) return;
+    lo = (uintptr_t)a & ~(uintptr_t)(pg - 1);
+    (void)madvise((void *)lo, (size_t)((uintptr_t)b - lo), MADV_DONTNEED);
+}
+
+dpo_status dpo_st_read(dpo_st_reader *r, int i, dpo_tensor *dst, dpo_error *e) {
+    const st_entry *en;
+    char want[DPO_SHAPELEN], got[DPO_SHAPELEN];
+    if (!r || i < 0 || i >= r->nent) {
+        dpo_fail(e, DPO_ERR_RANGE, 2, "no tensor %d in %s", i, r ? r->path : "a closed file");
+        return DPO_ERR_RANGE;
+    }
+    en = &r->ents[i];
+    if (!dst) return fail_arg(e, 3, "missing destination tensor");
+    dpo_shape_str(en->shape, en->ndim, want, sizeof want);
+    dpo_tensor_shape_str(dst, got, sizeof got);
+    if (dst->dtype != kinds[en->kind].to) {
+        dpo_fail(e, DPO_ERR_TYPE, 3, "%s: tensor '%s' (%s) reads as %s, the destination is %s",
+                 r->path, en->name, kinds[en->kind].name, dpo_dtype_name(kinds[en->kind].to),
+                 dpo_dtype_name(dst->dtype));
+        return DPO_ERR_TYPE;
+    }
+    if (dst->ndim != en->ndim ||
+        memcmp(dst->shape, en->shape, sizeof(int64_t) * (size_t)en->ndim)) {
+        dpo_fail(e, DPO_ERR_SHAPE, 3, "%s: tensor '%s' has shape %s, the destination %s", r->path,
+                 en->name, want, got);
+        return DPO_ERR_SHAPE;
+    }
+    if (!dpo_tensor_is_contiguous(dst)) return fail_arg(e, 3, "destination is not contiguous");
+    if (en->numel == 0) return DPO_OK;
+    if (dst->dtype != DPO_F32) {
+        if (convert(r->path, en, r->data + en->begin, dst, e) != 0) return DPO_ERR_IO;
+        drop_pages(r->data + en->begin, r->data + en->end);
+        return DPO_OK;
+    }
+    {
+        int64_t n = (int64_t)en->numel, size = kinds[en->kind].size;
+        for (int64_t i0 = 0; i0 < n; i0 += READ_CHUNK) {
+            int64_t m = n - i0 < READ_CHUNK ? n - i0 : READ_CHUNK;
+            const unsigned char *src = r->data + en->begin + i0 * size;
+            widen(en->kind, src, dpo_f32(dst) + i0, m);
+            drop_pages(src, src + m * size);
+        }
+    }
+    return DPO_OK;
+}
+
+dpo_st_file *dpo_st_load(const char *path, dpo_error *e) {
+    dpo_st_reader *r = open_file(path, 1, e);
+    dpo_st_file *f;
+    int nent;
+    if (!r) return NULL;
+    nent = r->nent;
+    f = (dpo_st_file *)calloc(1, sizeof *f);
+    if (!f) goto oom;
+    f->names = (char **)calloc((size_t)nent + 1, sizeof *f->names);
+    f->tensors = (dpo_tensor **)calloc((size_t)nent + 1, sizeof *f->tensors);
+    f->dtypes = (const char **)calloc((size_t)nent + 1, sizeof *f->dtypes);
+    if (!f->names || !f->tensors || !f->dtypes) goto oom;
+    f->ntensors = nent;
+    for (int k = 0; k < nent; k++) {
+        f->dtypes[k] = kinds[r->ents[k].kind].name;
+        if (!(f->names[k] = dupstr(r->ents[k].name))) goto oom;
+        f->tensors[k] = make_tensor(path, &r->ents[k], r->data, r->m, e);
+        if (!f->tensors[k]) goto fail;
+    }
+    if (r->meta) {
+        size_t nm = json_object_size(r->meta);
+        const char *mk;
+        json_t *mv;
+        f->meta_keys = (char **)calloc(nm + 1, sizeof *f->meta_keys);
+        f->meta_values = (char **)calloc(nm + 1, sizeof *f->meta_values);
+        if (!f->meta_keys || !f->meta_values) goto oom;
+        json_object_foreach(r->meta, mk, mv) {
+            int i = f->nmeta;
+            f->meta_keys[i] = dupstr(mk);
+            f->meta_values[i] = dupstr(json_string_value(mv));
+            f->nmeta++;
+            if (!f->meta_keys[i] || !f->meta_values[i]) goto oom;
+        }
+        /* sort pairs by key (insertion sort: metadata is small) */
+        for (int i = 1; i < f->nmeta; i++)
+            for (int j = i; j > 0 && strcmp(f->meta_keys[j - 1], f->meta_keys[j]) > 0; j--) {
+                char *a = f->meta_keys[j], *b = f->meta_values[j];
+                f->meta_keys[j] = f->meta_keys[j - 1], f->meta_values[j] = f->meta_values[j - 1];
+                f->meta_keys[j - 1] = a, f->meta_values[j - 1] = b;
+            }
+    }
+    dpo_st_close(r); /* the views that were made keep the mapping */
     return f;
+oom:
+    dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
+fail:
+    dpo_st_free(f);
+    dpo_st_close(r);
+    return NULL;
 }

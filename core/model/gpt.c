@@ -1278,6 +1278,10 @@ static int sample(float *logits, int V, const dpo_gen_opts *o, dpo_rng *r, score
     return buf[n - 1].i;
 }
 
+int dpo_gen_pick(float *logits, int V, const dpo_gen_opts *o, dpo_rng *r, void *scratch) {
+    return sample(logits, V, o, r, (scored *)scratch);
+}
+
 int32_t *dpo_gpt_generate(dpo_gpt *m, const int32_t *prompt, int n_prompt, const dpo_gen_opts *o,
                           int *n_out, dpo_error *e) {
     int C = m->cfg.n_embd, V = m->cfg.vocab_size, ctx = m->cfg.n_ctx, total;

@@ -89,6 +89,9 @@ typedef struct dpo_gen_opts {
     int use_cache; /* 0: recompute the whole prefix each token (for tests) */
 } dpo_gen_opts;
 
+/* The next token from logits [V] (modified) as o says; scratch: V * 8 bytes. */
+int dpo_gen_pick(float *logits, int V, const dpo_gen_opts *o, dpo_rng *r, void *scratch);
+
 /* New tokens after the prompt; *n_out gets their count (<= max_new_tokens). */
 int32_t *dpo_gpt_generate(dpo_gpt *m, const int32_t *prompt, int n_prompt, const dpo_gen_opts *o,
                           int *n_out, dpo_error *e);

@@ -66,6 +66,7 @@ int dpo_op_differentiable(dpo_op op) {
     case DPO_OP_SELECT:
     case DPO_OP_COPY:
     case DPO_OP_GPT_LOGPS:
+    case DPO_OP_LLAMA_LOGPS:
         return 1;
     default:
         return 0;

@@ -13,13 +13,14 @@
 #include <string.h>
 
 static const char *const op_names[] = {
-    "none",    "add",         "sub",        "mul",       "div",          "pow",     "maximum",
-    "minimum", "gt",          "ge",         "lt",        "le",           "eq",      "ne",
-    "neg",     "exp",         "log",        "sqrt",      "abs",          "sigmoid", "tanh",
-    "relu",    "gelu",        "logsigmoid", "softplus",  "silu",         "rsqrt",   "clamp",
-    "matmul",  "sum",         "mean",       "max",       "min",          "argmax",  "argmin",
-    "softmax", "log_softmax", "logsumexp",  "gather",    "index_select", "cat",     "stack",
-    "where",   "narrow",      "reshape",    "transpose", "select",       "copy",    "gpt_logps",
+    "none",        "add",         "sub",        "mul",       "div",          "pow",     "maximum",
+    "minimum",     "gt",          "ge",         "lt",        "le",           "eq",      "ne",
+    "neg",         "exp",         "log",        "sqrt",      "abs",          "sigmoid", "tanh",
+    "relu",        "gelu",        "logsigmoid", "softplus",  "silu",         "rsqrt",   "clamp",
+    "matmul",      "sum",         "mean",       "max",       "min",          "argmax",  "argmin",
+    "softmax",     "log_softmax", "logsumexp",  "gather",    "index_select", "cat",     "stack",
+    "where",       "narrow",      "reshape",    "transpose", "select",       "copy",    "gpt_logps",
+    "llama_logps",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == DPO_OP_COUNT,
                "op_names must name every dpo_op");

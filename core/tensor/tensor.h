@@ -82,6 +82,7 @@ typedef enum {
     DPO_OP_COPY,
     /* coarse nodes with a fused backward */
     DPO_OP_GPT_LOGPS,
+    DPO_OP_LLAMA_LOGPS,
     DPO_OP_COUNT
 } dpo_op;
 

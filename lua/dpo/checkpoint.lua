@@ -36,7 +36,7 @@ local check = require "dpo.check"
 local cjson = require("cjson").new()
 local lfs = require "lfs"
 local log = require "dpo.log"
-local gpt = require "dpo.gpt"
+local models = require "dpo.model"
 
 cjson.encode_invalid_numbers("null")
 cjson.encode_sparse_array(true)
@@ -157,9 +157,8 @@ function checkpoint.save(dir, parts)
       error("dpo.train.save_checkpoint: expected a table {model =, ...}, got " .. type(parts), 2)
    end
    local m = parts.model
-   if not (type(m) == "userdata" and getmetatable(m) and getmetatable(m).__name == "dpo.GPT"
-           and pcall(m.is_frozen, m)) then
-      error("dpo.train.save_checkpoint: model must be a model (dpo.gpt), got " .. tostring(m), 2)
+   if not models.is_model(m) then
+      error("dpo.train.save_checkpoint: model must be a model (dpo.model), got " .. tostring(m), 2)
    end
    dir = dir:gsub("/+$", "")
    local parent, name = dir:match("^(.*)/([^/]+)$")
@@ -169,7 +168,7 @@ function checkpoint.save(dir, parts)
    local ok, err = log.mkdirs(tmp)
    if not ok then error("save_checkpoint: " .. err, 2) end
    local good, msg = pcall(function()
-      parts.model:save(tmp)
+      parts.model:save(tmp, { dtype = "float32" }) -- exact resume, whatever dtype it was loaded in
       if parts.tokenizer then parts.tokenizer:save(tmp .. "/tokenizer.json") end
       local state = parts.state or {}
       if parts.optimizer then
@@ -238,7 +237,7 @@ function checkpoint.load(dir)
       end
    end
    integers(state)
-   local okm, model = pcall(gpt.load, dir)
+   local okm, model = pcall(models.load, dir)
    if not okm then error("load_checkpoint: " .. tostring(model), 2) end
    local out = { path = dir, model = model, state = state }
    if lfs.attributes(dir .. "/tokenizer.json", "mode") == "file" then

@@ -19,10 +19,29 @@
 --       opts.check_prompt = false slices as the original DPO code did without
 --       the check, each side at its own last "\n\nAssistant:"; the pair then
 --       keeps `rejected_prompt` where it differs, for dpo.filters.hh_clean.
+--       opts.messages = true reads each dialogue as messages instead (Human ->
+--       user, Assistant -> assistant, contents stripped of surrounding white
+--       space): the prompt is the messages before the last, which both sides
+--       must share (else prompt_mismatch; with check_prompt = false the
+--       chosen side's), each response the last message, an assistant one
+--       (else the record is bad).
 --   dpo.data.pairs(path [, opts])      -> dataset | nil, "path: reason"
 --       records {prompt, chosen, rejected}; opts.prompt, opts.chosen,
 --       opts.rejected name the fields (defaults: those names). Empty and
 --       identical responses are dropped and counted as for hh.
+--       Also TRL's conversational formats, where the fields are lists of
+--       messages ({role = , content = } objects; content a string, a list of
+--       {type, text} parts, or null): explicit prompt {prompt = [messages],
+--       chosen = [messages], rejected = [messages]}, and implicit prompt
+--       {chosen = [conversation], rejected = [conversation]}, whose prompt is
+--       the longest common prefix of whole messages and whose responses are
+--       the messages after it (the last message of each side, as a rule).
+--
+-- A conversational pair keeps its messages in pair.messages = {prompt,
+-- chosen, rejected} (lists of messages); its prompt, chosen and rejected
+-- strings hold their text ("role: content" paragraphs for the prompt, the
+-- contents for a response) for filters and :split, until ds:tokenize renders
+-- them through a chat template.
 --   dpo.data.dataset(list [, name])    a dataset of in-memory pairs
 --   dpo.data.write_jsonl(path, records [, {gzip = path ends in ".gz"}])
 --       -> true | nil, "path: reason"; atomic; top-level keys in sorted order
@@ -54,6 +73,7 @@
 --   ds:is_tokenized(), ds:tokenizer(), dpo.data.is_dataset(x)
 --   ds:stats()                 what each step read, dropped, removed, cut
 --   ds:save(path)              the pairs as {prompt, chosen, rejected} JSONL
+--                              (a conversational pair: its lists of messages)
 --
 -- Tokenization follows the original DPO code. opts: max_length (512),
 -- max_prompt_length (max_length // 2), truncation = "keep_end" (of the
@@ -69,6 +89,17 @@
 -- Each tokenized pair gains row, n_prompt, n_chosen, n_rejected (tokens in
 -- its rows, EOS included) and n_prompt_full, n_chosen_full, n_rejected_full
 -- (before truncation).
+-- Conversational pairs are rendered first, through opts.chat_template (a
+-- template text) or the tokenizer's tok:chat_template(), with
+-- opts.template_vars as extra variables (an error if there is no template):
+-- the prompt is tok:apply_chat_template(prompt, {add_generation_prompt =
+-- true}), each response what the template adds for it (the rendering of
+-- prompt + response with the prompt's rendering removed from its front; a
+-- pair whose prompt rendering is not that prefix is an error naming it).
+-- These texts are encoded with special tokens recognized and none added, so
+-- the template's own BOS is the only one; the tokenized pair's prompt,
+-- chosen and rejected become them, and pair.chat = true. The same
+-- truncation, EOS and counts follow; :stats() names the template.
 --
 -- Batches: ds:batches(n, {shuffle = false, seed = 0, epoch = 1, drop_last =
 -- false, sft = false, skip = 0}) yields tables (skip: batches of the epoch
@@ -384,6 +415,111 @@ end
 
 local derive -- makes a dataset (below)
 
+-- ---- conversations -------------------------------------------------------------------
+
+local null = cjson.null
+
+-- The text of a message's content: a string, or the text of its parts.
+local function content_text(c)
+   if type(c) == "string" then return c end
+   local out = {}
+   if type(c) == "table" then
+      for _, part in ipairs(c) do
+         if type(part) == "table" and type(part.text) == "string" then out[#out + 1] = part.text end
+      end
+   end
+   return table.concat(out)
+end
+
+-- nil when v is a list of messages, else the reason it is not.
+local function bad_messages(v, name)
+   if type(v) ~= "table" or (next(v) ~= nil and v[1] == nil) then
+      return format("field '%s' is not a list of messages", name)
+   end
+   for i, m in ipairs(v) do
+      if type(m) ~= "table" or m[1] ~= nil then
+         return format("field '%s': message %d is not an object", name, i)
+      end
+      if type(m.role) ~= "string" then
+         return format("field '%s': message %d has no role (a string)", name, i)
+      end
+      local c = m.content
+      if c ~= nil and c ~= null and type(c) ~= "string" then
+         local parts_ok = type(c) == "table" and (next(c) == nil or c[1] ~= nil)
+         for _, part in ipairs(parts_ok and c or {}) do
+            if type(part) ~= "table" then parts_ok = false end
+         end
+         if not parts_ok then
+            return format("field '%s': message %d's content is not a string or a list of parts", name, i)
+         end
+      end
+   end
+   return nil
+end
+
+local function deep_equal(a, b)
+   if a == b then return true end
+   if type(a) ~= "table" or type(b) ~= "table" then return false end
+   for k, v in next, a do
+      if not deep_equal(v, b[k]) then return false end
+   end
+   for k in next, b do
+      if a[k] == nil then return false end
+   end
+   return true
+end
+
+local function slice(list, i, j)
+   return table.move(list, i, j, 1, {})
+end
+
+-- A conversational pair, or nil and the reason it is dropped.
+local function conversation_pair(pm, cm, rm)
+   local function texts(list, roles)
+      local out = {}
+      for i, m in ipairs(list) do
+         local t = content_text(m.content)
+         out[i] = roles and (m.role .. ": " .. t) or t
+      end
+      return table.concat(out, "\n\n")
+   end
+   if #cm == 0 and #rm == 0 then return nil, "identical_responses" end -- one conversation twice
+   local c, r = texts(cm), texts(rm)
+   if blank(c) or blank(r) then return nil, "empty_response" end
+   if deep_equal(cm, rm) then return nil, "identical_responses" end
+   return { prompt = texts(pm, true), chosen = c, rejected = r,
+            messages = { prompt = pm, chosen = cm, rejected = rm } }
+end
+
+-- The number of leading messages a and b share.
+local function common_prefix(a, b)
+   local k = 0
+   while k < #a and k < #b and deep_equal(a[k + 1], b[k + 1]) do k = k + 1 end
+   return k
+end
+
+-- An HH dialogue ("\n\nHuman: ...\n\nAssistant: ...") as messages, or nil.
+local HH_ROLES = { Human = "user", Assistant = "assistant" }
+local function hh_messages(text)
+   local msgs, pos = {}, 1
+   local role
+   while true do
+      local hi, hj = find(text, "\n\nHuman:", pos, true)
+      local ai, aj = find(text, "\n\nAssistant:", pos, true)
+      local i, j, who
+      if hi and (not ai or hi < ai) then i, j, who = hi, hj, "Human" elseif ai then i, j, who = ai, aj, "Assistant" end
+      local before = sub(text, pos, (i or #text + 1) - 1)
+      if role then
+         msgs[#msgs + 1] = { role = role, content = before:match("^%s*(.-)%s*$") }
+      elseif not blank(before) then
+         return nil
+      end
+      if not i then break end
+      role, pos = HH_ROLES[who], j + 1
+   end
+   return msgs
+end
+
 -- Read path with `parse(rec) -> pair | nil, drop_reason | false, bad_reason`.
 local function read_pairs(path, opts, fname, format_name, parse)
    local reader, err = open_reader(path, opts, fname)
@@ -426,7 +562,8 @@ function data.hh(path, opts)
    check_field(opts, "rejected", "hh")
    local fc, fr = opts.chosen or "chosen", opts.rejected or "rejected"
    local check = opts.check_prompt ~= false
-   return read_pairs(path, opts, "hh", "hh", function(rec)
+   local as_messages = opts.messages and true or false
+   return read_pairs(path, opts, "hh", as_messages and "hh messages" or "hh", function(rec)
       local bad = not_object(rec)
       if bad then return false, bad end
       local chosen, why = field(rec, fc)
@@ -434,6 +571,21 @@ function data.hh(path, opts)
       local rejected
       rejected, why = field(rec, fr)
       if not rejected then return false, why end
+      if as_messages then
+         local cm, rm = hh_messages(chosen), hh_messages(rejected)
+         for _, x in ipairs { { cm, fc }, { rm, fr } } do
+            local m = x[1]
+            if not m or #m == 0 or m[#m].role ~= "assistant" then
+               return false, format("field '%s' is not a dialogue ending with an Assistant turn", x[2])
+            end
+         end
+         local k = common_prefix(cm, rm)
+         if check and (k ~= #cm - 1 or k ~= #rm - 1) then
+            if k == #cm and k == #rm then return nil, "identical_responses" end
+            return nil, "prompt_mismatch"
+         end
+         return conversation_pair(slice(cm, 1, #cm - 1), { cm[#cm] }, { rm[#rm] })
+      end
       local e = prompt_end(chosen)
       if not e then return false, format("no \"\\n\\nAssistant:\" in field '%s'", fc) end
       local prompt = sub(chosen, 1, e)
@@ -467,6 +619,20 @@ function data.pairs(path, opts)
    return read_pairs(path, opts, "pairs", "pairs", function(rec)
       local bad = not_object(rec)
       if bad then return false, bad end
+      if type(rec[fc]) == "table" then -- TRL's conversational formats
+         local pm, cm, rm = rec[fp], rec[fc], rec[fr]
+         for _, x in ipairs { { cm, fc }, { rm, fr } } do
+            local why = bad_messages(x[1], x[2])
+            if why then return false, why end
+         end
+         if pm == nil then -- implicit prompt: the messages both sides share
+            local k = common_prefix(cm, rm)
+            return conversation_pair(slice(cm, 1, k), slice(cm, k + 1, #cm), slice(rm, k + 1, #rm))
+         end
+         local why = bad_messages(pm, fp)
+         if why then return false, why end
+         return conversation_pair(pm, cm, rm)
+      end
       local p, c, r, why
       p, why = field(rec, fp)
       if not p then return false, why end
@@ -753,6 +919,7 @@ end
 
 local FATES = { [1] = "empty_response", [2] = "empty_prompt" }
 local CHUNK = 4096 -- pairs per encode_batch call
+local chat_renderer, encode_texts -- (below)
 
 -- The ids encode_batch gave for one text, as an int32 tensor; ids outside
 -- 0..2^31-2 (which int32 would saturate) are an error.
@@ -763,6 +930,107 @@ local function as_ids(x)
       raise("tokenize: encode_batch gave an id outside 0..2147483646")
    end
    return t
+end
+
+-- 32-bit FNV-1a of s, as 8 hex digits: which template rendered a dataset.
+local function fnv1a(s)
+   local h = 0x811C9DC5
+   for i = 1, #s do h = ((h ~ s:byte(i)) * 0x01000193) & 0xFFFFFFFF end
+   return format("%08x", h)
+end
+
+--[[
+The renderer of conversational pairs for ds:tokenize: chat.render(pair, i)
+-> prompt, chosen, rejected texts; chat.used (a pair was rendered);
+chat.describe() -> {source, digest, chars, pairs}. Raises naming pair i when
+there is no template or the prompt's rendering is not a prefix.
+]]
+function chat_renderer(tok, opts)
+   local text, source = opts.chat_template, "opts.chat_template"
+   if text ~= nil and type(text) ~= "string" then
+      argerror(2, "tokenize", "chat_template must be a template text, got " .. type(text))
+   end
+   local vars = opts.template_vars
+   if vars ~= nil and type(vars) ~= "table" then
+      argerror(2, "tokenize", "template_vars must be a table, got " .. type(vars))
+   end
+   local self = { used = false, pairs = 0 }
+   local function find_template(i)
+      if text == nil then
+         local ok, t, src = pcall(function() return tok:chat_template() end)
+         if not ok or type(t) ~= "string" then
+            raise(format("tokenize: pair %d is conversational (messages) but the tokenizer has no chat " ..
+                         "template (tok:set_chat_template(text), or opts.chat_template)", i))
+         end
+         text, source = t, src or "the tokenizer's chat template"
+      end
+      if type(tok.apply_chat_template) ~= "function" then
+         raise(format("tokenize: pair %d is conversational (messages) but the tokenizer has no " ..
+                      "apply_chat_template", i))
+      end
+   end
+   local function render(messages, gen, i)
+      local o = { add_generation_prompt = gen, chat_template = text }
+      for k, v in next, vars or {} do
+         if o[k] == nil then o[k] = v end
+      end
+      local ok, s = pcall(tok.apply_chat_template, tok, messages, o)
+      if not ok then raise(format("tokenize: pair %d: %s", i, tostring(s))) end
+      return s
+   end
+   function self.render(p, i)
+      find_template(i)
+      local m = p.messages
+      local prompt = render(m.prompt, true, i)
+      local out = { prompt }
+      for _, side in ipairs { "chosen", "rejected" } do
+         local whole = {}
+         for k, msg in ipairs(m.prompt) do whole[k] = msg end
+         for _, msg in ipairs(m[side]) do whole[#whole + 1] = msg end
+         local full = render(whole, false, i)
+         if sub(full, 1, #prompt) ~= prompt then
+            raise(format("tokenize: pair %d: the chat template's rendering of the prompt is not the " ..
+                         "start of its rendering with the %s response (prompt: %q; with the response: %q)",
+                         i, side, prompt, full))
+         end
+         out[#out + 1] = sub(full, #prompt + 1)
+      end
+      self.used, self.pairs = true, self.pairs + 1
+      return out[1], out[2], out[3]
+   end
+   function self.describe()
+      return { source = source, digest = fnv1a(text), chars = #text, pairs = self.pairs }
+   end
+   return self
+end
+
+-- The ids of texts (3m of them: prompts, chosen, rejected): rendered[j] marks
+-- pair j's texts as a chat template's, encoded with special tokens
+-- recognized; the others with special-token text as text. Neither gets the
+-- special tokens a post-processor adds (BOS): TRL encodes them so too.
+function encode_texts(tok, texts, rendered, m)
+   local plain, chat, at_plain, at_chat = {}, {}, {}, {}
+   for k = 1, 3 * m do
+      local j = (k - 1) % m + 1
+      if rendered[j] then
+         chat[#chat + 1], at_chat[#chat + 1] = texts[k], k
+      else
+         plain[#plain + 1], at_plain[#plain + 1] = texts[k], k
+      end
+   end
+   local ids = {}
+   for _, part in ipairs { { plain, at_plain, { special = false, add_special_tokens = false } },
+                           { chat, at_chat, { special = true, add_special_tokens = false } } } do
+      if #part[1] > 0 then
+         local got = tok:encode_batch(part[1], part[3])
+         if type(got) ~= "table" or #got ~= #part[1] then
+            raise(format("tokenize: encode_batch returned a %s where a list of %d id lists was " ..
+                         "expected", type(got), #part[1]))
+         end
+         for k, at in ipairs(part[2]) do ids[at] = got[k] end
+      end
+   end
+   return ids
 end
 
 -- Which pair store each tokenized pair belongs to (collate checks it).
@@ -803,6 +1071,7 @@ function Dataset:tokenize(tok, opts)
       argerror(1, "tokenize", "the tokenizer has no eos_id (set tok.eos_id, or add_eos = false)")
    end
    local pad = tok.pad_id or eos or 0
+   local chat = chat_renderer(tok, opts)
    local copts = {
       max_length = L, max_prompt_length = P, truncation = truncation,
       eos_id = add_eos and eos or nil, bos_id = tok.bos_id or eos,
@@ -810,19 +1079,19 @@ function Dataset:tokenize(tok, opts)
    local store = C.pairs(pad)
    local list, out, n = self._pairs, {}, #self._pairs
    local dropped, cut_prompt, cut_response = {}, 0, 0
-   local encode_opts = { special = false }
    for first = 1, n, CHUNK do
       local last = math.min(n, first + CHUNK - 1)
-      local m, texts = last - first + 1, {}
+      local m, texts, rendered = last - first + 1, {}, {}
       for j = 1, m do
          local p = list[first + j - 1]
-         texts[j], texts[m + j], texts[2 * m + j] = p.prompt, p.chosen, p.rejected
+         if p.messages then
+            rendered[j] = { chat.render(p, first + j - 1) }
+            texts[j], texts[m + j], texts[2 * m + j] = rendered[j][1], rendered[j][2], rendered[j][3]
+         else
+            texts[j], texts[m + j], texts[2 * m + j] = p.prompt, p.chosen, p.rejected
+         end
       end
-      local ids = tok:encode_batch(texts, encode_opts)
-      if type(ids) ~= "table" or #ids ~= 3 * m then
-         raise(format("tokenize: encode_batch returned a %s where a list of %d id lists was " ..
-                      "expected", type(ids), 3 * m))
-      end
+      local ids = encode_texts(tok, texts, rendered, m)
       local ps, cs, rs = {}, {}, {}
       for j = 1, m do
          ps[j], cs[j], rs[j] = as_ids(ids[j]), as_ids(ids[m + j]), as_ids(ids[2 * m + j])
@@ -834,6 +1103,10 @@ function Dataset:tokenize(tok, opts)
          local fate = info[b + 1]
          if fate == 0 then
             local q = copy(list[first + j - 1])
+            if rendered[j] then
+               q.prompt, q.chosen, q.rejected = rendered[j][1], rendered[j][2], rendered[j][3]
+               q.chat = true
+            end
             q.row = info[b + 2]
             OWNER[q] = store
             q.n_prompt, q.n_chosen, q.n_rejected = info[b + 3], info[b + 4], info[b + 5]
@@ -850,6 +1123,7 @@ function Dataset:tokenize(tok, opts)
       step = "tokenize", before = n, max_length = L, max_prompt_length = P,
       truncation = truncation, add_eos = add_eos, prompt_cut = cut_prompt,
       response_cut = cut_response, dropped = dropped, tokens = store:tokens(),
+      chat_template = chat.used and chat.describe() or nil,
    }, false)
    ds._store, ds._tok, ds._tokopts = store, tok, copts
    return ds
@@ -990,6 +1264,11 @@ function Stats:__tostring()
                                  s.max_length, s.max_prompt_length, s.truncation,
                                  s.add_eos and ", eos" or "", s.tokens))
          line("", format("prompt cut in %d pairs, responses cut in %d", s.prompt_cut, s.response_cut))
+         if s.chat_template then
+            local c = s.chat_template
+            line("", format("%d pairs rendered by the chat template of %s (%d chars, fnv1a %s)",
+                            c.pairs, c.source, c.chars, c.digest))
+         end
          if next(s.dropped) then line("", "dropped: " .. reasons_str(s.dropped)) end
       end
    end
@@ -1008,7 +1287,8 @@ ds:stats() -> a table (printable) with: pairs, tokenized, steps (what each
 step did, in order), dropped (reason -> count over all steps), removed
 (filter name -> count), errors (bad records skipped), error_examples,
 lengths {prompt, chosen, rejected = {mean, max, min}} in bytes, and tokens
-(the same in tokens, EOS included) when tokenized.
+(the same in tokens, EOS included) when tokenized, and chat_template
+{source, digest, chars, pairs} when a chat template rendered pairs.
 ]]
 function Dataset:stats()
    local st = {
@@ -1021,6 +1301,7 @@ function Dataset:stats()
       end
       if s.step == "map" and s.dropped > 0 then count(st.dropped, "map", s.dropped) end
       if s.step == "filter" then count(st.removed, s.name, s.removed) end
+      if s.step == "tokenize" then st.chat_template = s.chat_template end
       if s.step == "read" then
          st.errors = st.errors + s.skipped
          for _, e in ipairs(s.errors) do st.error_examples[#st.error_examples + 1] = e end
@@ -1052,6 +1333,10 @@ function Dataset:save(path)
    return data.write_jsonl(path, function()
       i = i + 1
       local p = list[i]
+      if p and p.messages then
+         local m = p.messages
+         return { prompt = m.prompt, chosen = m.chosen, rejected = m.rejected }
+      end
       if p then return { prompt = p.prompt, chosen = p.chosen, rejected = p.rejected } end
    end, { keys = { "prompt", "chosen", "rejected" } })
 end

@@ -72,7 +72,7 @@ end
 local function check_model(m, what, fname)
    local t = type(m)
    if (t ~= "userdata" and t ~= "table") or not pcall(function() assert(type(m.logps) == "function") end) then
-      bad(fname, "%s must be a model (dpo.gpt.new or dpo.gpt.load), got %s", what, t)
+      bad(fname, "%s must be a model (dpo.model.new or dpo.model.load), got %s", what, t)
    end
    if not pcall(m.is_training, m) then bad(fname, "%s has been freed", what) end
 end
@@ -318,7 +318,9 @@ function eval.samples(model, tok, prompts, opts)
          if type(text) ~= "string" then
             error(format("dpo.eval.samples: prompt %d is a %s, not a string", i, type(text)), 0)
          end
-         local ids = tok:encode(text, { special = false }):totable()
+         -- a prompt a chat template rendered holds its special tokens as such
+         local chat = type(p) == "table" and p.chat == true
+         local ids = tok:encode(text, { special = chat, add_special_tokens = false }):totable()
          if #ids > keep then ids = table.move(ids, #ids - keep + 1, #ids, 1, {}) end
          if #ids == 0 then ids = { tok.bos_id or tok.eos_id or 0 } end
          local s = { prompt = text, policy = generate(model, tok, ids, opts) }

@@ -7,20 +7,32 @@
 --       projections 0.02/sqrt(2*n_layer), zero biases, LayerNorm weights 1).
 --   dpo.gpt.load(dir) -> model
 --       a Hugging Face GPT-2 directory: config.json (model_type "gpt2") and
---       model.safetensors with GPT2LMHeadModel's names, with or without the
---       "transformer." prefix; attn.bias / attn.masked_bias buffers and a tied
---       lm_head.weight are ignored. A missing, unexpected or misshapen tensor
---       is an error naming it.
---   model:save(dir) -> true
---       config.json and model.safetensors in the same layout (each written
+--       model.safetensors, or model.safetensors.index.json and its shards,
+--       with GPT2LMHeadModel's names, with or without the "transformer."
+--       prefix, in F32, BF16 or F16 (read through dpo.hf, one tensor at a
+--       time); attn.bias / attn.masked_bias buffers and a tied lm_head.weight
+--       are ignored. A missing, unexpected or misshapen tensor is an error
+--       naming it.
+--   model:save(dir [, {dtype =, max_shard_size = "2GB"}]) -> true
+--       config.json and the weights in the same layout (each file written
 --       atomically), so transformers' GPT2LMHeadModel.from_pretrained(dir)
---       reads it; the directory is created when missing.
+--       reads it; the directory is created when missing. dtype "float32",
+--       "bfloat16" or "float16" defaults to the one the model was loaded in
+--       (float32 for a new model); a checkpoint larger than max_shard_size
+--       is sharded with an index (see dpo.hf). A loaded model's config.json
+--       keeps every field of the one it came with (the model's own fields
+--       written over them, torch_dtype the saved dtype), and its
+--       generation_config.json is copied along.
 --
 -- The model's own methods (logps, generate, parameters, clone, freeze, ...)
 -- are listed in core/bind/l_gpt.c.
 local core = require "dpo.core"
 local cjson = require "cjson"
 local lfs = require "lfs"
+local hf = require "dpo.hf"
+
+-- What a loaded model came from: {dtype =, config =, dir =}, by model.
+local origin = setmetatable({}, { __mode = "k" })
 
 local gpt = {}
 
@@ -30,19 +42,6 @@ function gpt.new(config)
    end
    local m = core.gpt_new(config)
    return m
-end
-
-local function read_file(path)
-   local f, err = io.open(path, "rb")
-   if not f then error(("dpo.gpt.load: %s"):format(err), 3) end
-   local s = f:read("a")
-   f:close()
-   return s
-end
-
-local function shape_str(shape)
-   if #shape == 0 then return "scalar" end
-   return table.concat(shape, "x")
 end
 
 -- The model config from a Hugging Face config.json table.
@@ -90,50 +89,39 @@ local function config_from_hf(c, path)
    }
 end
 
+-- GPT2LMHeadModel's file names to the model's: the "transformer." prefix is optional.
+local function renamer(params)
+   return function(name)
+      if not params[name] and params["transformer." .. name] then return "transformer." .. name end
+      return name
+   end
+end
+
+-- Causal-mask buffers of older checkpoints (names no parameter has), and
+-- lm_head.weight (tied to wte).
+local function ignorer(params, rename)
+   return function(name)
+      if params[rename(name)] then return false end
+      return name:match("attn%.bias$") or name:match("attn%.masked_bias$") or name == "lm_head.weight"
+   end
+end
+
 function gpt.load(dir)
    if type(dir) ~= "string" or dir:find("\0", 1, true) then
       error("dpo.gpt.load: expected a directory path, got " .. (type(dir) == "string" and
             "a path with a zero byte" or type(dir)), 2)
    end
-   local cpath, wpath = dir .. "/config.json", dir .. "/model.safetensors"
-   local ok, conf = pcall(cjson.decode, read_file(cpath))
-   if not ok or type(conf) ~= "table" then
-      error(("dpo.gpt.load: %s: not valid JSON (%s)"):format(cpath, tostring(conf)), 2)
-   end
+   local cpath = dir .. "/config.json"
+   local conf = hf.read_config(dir, "dpo.gpt.load")
    local ok_new, model = pcall(core.gpt_new, config_from_hf(conf, cpath))
    if not ok_new then -- a config the engine refuses (n_head not dividing n_embd, ...)
       error(("dpo.gpt.load: %s: %s"):format(cpath, tostring(model):gsub("^.-%((.*)%)$", "%1")), 2)
    end
-   local tensors, err = core.load(wpath)
-   if not tensors then error("dpo.gpt.load: " .. err, 2) end
-   local list, params = model:named_parameters()
-   local seen = {}
-   for name, t in pairs(tensors) do
-      local key = name
-      if not params[key] and params["transformer." .. key] then key = "transformer." .. key end
-      local p = params[key]
-      if p then
-         local want, got = p:shape(), t:shape()
-         if shape_str(want) ~= shape_str(got) then
-            error(("dpo.gpt.load: %s: tensor '%s' has shape %s, the model needs %s"):format(
-               wpath, name, shape_str(got), shape_str(want)), 2)
-         end
-         core.no_grad(function() p:copy(t) end)
-         seen[key] = true
-      elseif name:match("attn%.bias$") or name:match("attn%.masked_bias$") then
-         -- causal-mask buffers of older checkpoints: not parameters
-      elseif name == "lm_head.weight" then
-         -- tied to the token embedding
-      else
-         error(("dpo.gpt.load: %s: unexpected tensor '%s'"):format(wpath, name), 2)
-      end
-   end
-   for _, np in ipairs(list) do
-      if not seen[np[1]] then
-         error(("dpo.gpt.load: %s: missing tensor '%s' (shape %s)"):format(
-            wpath, np[1], shape_str(np[2]:shape())), 2)
-      end
-   end
+   local _, params = model:named_parameters()
+   local rename = renamer(params)
+   local info = hf.load_weights(dir, params, { rename = rename, ignore = ignorer(params, rename) },
+                                "dpo.gpt.load")
+   origin[model] = { dtype = info.dtype, config = conf, dir = dir }
    return model
 end
 
@@ -165,12 +153,26 @@ local function hf_config(model)
    }
 end
 
-local function save(model, dir)
+local SAVE_OPTS = { dtype = true, max_shard_size = true }
+
+local function save(model, dir, opts)
    if type(dir) ~= "string" or dir:find("\0", 1, true) then
       error("save: expected a directory path, got " .. (type(dir) == "string" and
             "a path with a zero byte" or type(dir)), 2)
    end
+   if opts ~= nil and type(opts) ~= "table" then
+      error("save: expected a table of options, got " .. type(opts), 2)
+   end
+   opts = opts or {}
+   for k in pairs(opts) do
+      if not SAVE_OPTS[k] then error(("save: unknown option %s"):format(tostring(k)), 2) end
+   end
    model:config() -- a freed model raises here, before anything is made
+   local from = origin[model] or {}
+   local dtype = opts.dtype or from.dtype or "float32"
+   if dtype ~= "float32" and dtype ~= "bfloat16" and dtype ~= "float16" then
+      error(("save: dtype must be \"float32\", \"bfloat16\" or \"float16\", got %s"):format(tostring(dtype)), 2)
+   end
    local attr = lfs.attributes(dir)
    if not attr then
       local ok, err = lfs.mkdir(dir)
@@ -178,12 +180,19 @@ local function save(model, dir)
    elseif attr.mode ~= "directory" then
       error(("save: %s exists and is not a directory"):format(dir), 2)
    end
-   local named = {}
-   for _, np in ipairs(model:named_parameters()) do named[np[1]] = np[2] end
-   local ok, err = core.save(dir .. "/model.safetensors", named, { format = "pt" })
-   if not ok then error("save: " .. err, 2) end
-   ok, err = core.write_file(dir .. "/config.json", cjson.encode(hf_config(model)) .. "\n")
-   if not ok then error("save: " .. err, 2) end
+   local _, named = model:named_parameters()
+   local ok, err = pcall(function()
+      hf.save_weights(dir, named, { dtype = dtype, max_shard_size = opts.max_shard_size }, "save")
+      -- the source's fields, the model's own over them
+      local conf = {}
+      for k, v in pairs(from.config or {}) do conf[k] = v end
+      for k, v in pairs(hf_config(model)) do conf[k] = v end
+      conf.torch_dtype = dtype
+      if conf.dtype ~= nil then conf.dtype = dtype end -- transformers >= 4.56 names it so
+      hf.write_config(dir, conf, "save")
+      if from.dir then hf.copy_if_present(from.dir, dir, "generation_config.json", "save") end
+   end)
+   if not ok then error(err, 2) end
    return true
 end
 

@@ -18,10 +18,12 @@ dpo.gradcheck = require("dpo.gradcheck").gradcheck
 
 dpo.nn = require "dpo.nn"
 dpo.gpt = require "dpo.gpt"
+dpo.model = require "dpo.model"
 
 dpo.float32 = "float32"
 dpo.int32 = "int32"
 dpo.optim = require "dpo.optim"
+dpo.jinja = require "dpo.jinja"
 dpo.tokenizer = require "dpo.tokenizer"
 dpo.data = require "dpo.data"
 dpo.filters = require "dpo.filters"

@@ -35,7 +35,7 @@
 local core = require "dpo.core"
 local lfs = require "lfs"
 local log = require "dpo.log"
-local gpt = require "dpo.gpt"
+local models = require "dpo.model"
 
 local reference = {}
 
@@ -97,9 +97,8 @@ end
 -- its sum, its sum of squares and its dot product with a fixed random tensor
 -- (the generator's state is restored afterwards).
 local function weights_key(model)
-   if not (type(model) == "userdata" and getmetatable(model) and getmetatable(model).__name == "dpo.GPT"
-           and pcall(model.is_frozen, model)) then
-      error("dpo.train.weights_key: expected a model (dpo.gpt), got " .. tostring(model), 2)
+   if not models.is_model(model) then
+      error("dpo.train.weights_key: expected a model (dpo.model), got " .. tostring(model), 2)
    end
    local h = -3750763034362895579
    local c = model:config()
@@ -206,7 +205,7 @@ local function reference_model(P)
          fail(P.fname, "resuming needs the reference model: pass ref = (the model the phase began " ..
               "with%s)", type(src) == "string" and (", " .. src) or "")
       end
-      local ok, m = pcall(gpt.load, src)
+      local ok, m = pcall(models.load, src)
       if not ok then fail(P.fname, "resume: the reference: %s", tostring(m)) end
       ref = m:freeze()
    end

@@ -219,10 +219,7 @@ local function check_keys(o, kind)
    end
 end
 
-local function is_model(m)
-   return type(m) == "userdata" and getmetatable(m) ~= nil and getmetatable(m).__name == "dpo.GPT"
-      and pcall(m.is_frozen, m)
-end
+local is_model = require("dpo.model").is_model
 
 -- Every option's type and range, before any work: a mistake names its option.
 local function check_options(o, kind, fname)
@@ -287,7 +284,7 @@ local function check_options(o, kind, fname)
          fail(fname, "beta must be a finite number > 0, got %s", tostring(o.beta))
       end
       if o.ref ~= nil and o.ref ~= false and not is_model(o.ref) then
-         fail(fname, "ref must be a model (dpo.gpt), false or nil, got %s", tostring(o.ref))
+         fail(fname, "ref must be a model (dpo.model), false or nil, got %s", tostring(o.ref))
       end
       if o.loss ~= nil and type(o.loss) ~= "string" and type(o.loss) ~= "function" then
          fail(fname, "loss must be a name of dpo.losses.list() or a function, got %s", type(o.loss))
@@ -327,7 +324,7 @@ local function settings(kind, o)
    check_keys(o, kind)
    local model = kind == "dpo" and (o.policy or o.model) or o.model
    if not is_model(model) then
-      fail(fname, "%s must be a model (dpo.gpt.new or dpo.gpt.load), got %s", kind == "dpo" and "policy" or "model",
+      fail(fname, "%s must be a model (dpo.model.new or dpo.model.load), got %s", kind == "dpo" and "policy" or "model",
            tostring(model))
    end
    if model:is_frozen() then fail(fname, "the model is frozen; train a clone that is not") end

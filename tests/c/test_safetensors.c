@@ -546,12 +546,226 @@ static void test_save_errors(void) {
     dpo_tensor_release(bt);
 }
 
+/* ---- narrowing to BF16 and F16 ------------------------------------------------------ */
+
+static float from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static int is_nan16(uint16_t v, int bf16) {
+    return bf16 ? (v & 0x7f80) == 0x7f80 && (v & 0x7f) : (v & 0x7c00) == 0x7c00 && (v & 0x3ff);
+}
+
+/*
+** Expected bits written from the formats' definitions: bfloat16 keeps float32's
+** sign, 8 exponent bits and top 7 mantissa bits; half has 5 exponent bits (bias
+** 15) and 10 mantissa bits, subnormals multiples of 2^-24. Ties go to the even
+** neighbour (the one whose last bit is 0).
+*/
+static void test_narrowing(void) {
+    static const struct {
+        uint32_t in;
+        uint16_t bf, h;
+    } cases[] = {
+        {0x00000000, 0x0000, 0x0000}, /* +0 */
+        {0x80000000, 0x8000, 0x8000}, /* -0 */
+        {0x3f800000, 0x3f80, 0x3c00}, /* 1 */
+        {0xc0000000, 0xc000, 0xc000}, /* -2 */
+        /* 1 + 2^-8: the BF16 tie between 1 (even) and 1 + 2^-7; exact in half (0x3c04) */
+        {0x3f808000, 0x3f80, 0x3c04},
+        /* 1 + 3 * 2^-8: tie between 1 + 2^-7 (odd) and 1 + 2^-6 (even) */
+        {0x3f818000, 0x3f82, 0x3c0c},
+        {0x3f808001, 0x3f81, 0x3c04}, /* just above the tie: up */
+        {0x3f807fff, 0x3f80, 0x3c04}, /* just below: down */
+        /* 1 + 2^-11: the half tie between 1 (even) and 1 + 2^-10 */
+        {0x3f801000, 0x3f80, 0x3c00},
+        /* 1 + 3 * 2^-11: tie between 1 + 2^-10 (odd) and 1 + 2^-9 (even) */
+        {0x3f803000, 0x3f80, 0x3c02},
+        {0x3f801001, 0x3f80, 0x3c01},
+        /* float32's largest: BF16 rounds up to infinity, half overflows */
+        {0x7f7fffff, 0x7f80, 0x7c00},
+        {0x7f7f7fff, 0x7f7f, 0x7c00}, /* just under BF16's tie: its largest finite */
+        {0x477fe000, 0x4780, 0x7bff}, /* 65504: half's largest finite; BF16 rounds up */
+        {0x477fefff, 0x4780, 0x7bff}, /* 65519.99: still 65504 in half */
+        {0x477ff000, 0x4780, 0x7c00}, /* 65520: the tie, to even (infinity) */
+        {0xc77ff000, 0xc780, 0xfc00},
+        {0x7f800000, 0x7f80, 0x7c00}, /* infinities */
+        {0xff800000, 0xff80, 0xfc00},
+        {0x38800000, 0x3880, 0x0400}, /* 2^-14: half's smallest normal */
+        {0x387fc000, 0x3880, 0x03ff}, /* 1023 * 2^-24: half's largest subnormal */
+        {0x387fe000, 0x3880, 0x0400}, /* 1023.5 * 2^-24: tie, to 0x0400 (even) */
+        {0x387ff000, 0x3880, 0x0400}, /* 1023.75 * 2^-24: up */
+        {0x33800000, 0x3380, 0x0001}, /* 2^-24: the smallest subnormal */
+        {0x33000000, 0x3300, 0x0000}, /* 2^-25: tie between 0 (even) and 2^-24 */
+        {0x33000001, 0x3300, 0x0001}, /* above it: up */
+        {0x33c00000, 0x33c0, 0x0002}, /* 1.5 * 2^-24: tie, to 2 (even) */
+        {0x34200000, 0x3420, 0x0002}, /* 2.5 * 2^-24: tie, to 2 (even) */
+        {0xb3900000, 0xb390, 0x8001}, /* -1.125 * 2^-24: down to -1 */
+        {0xb4100000, 0xb410, 0x8002}, /* -2.25 * 2^-24: down to -2 */
+        {0x00000001, 0x0000, 0x0000}, /* float32's smallest subnormal */
+        {0x00400000, 0x0040, 0x0000}, /* a float32 subnormal, exact in BF16 */
+        {0x807fffff, 0x8080, 0x8000}, /* rounds up to BF16's smallest normal */
+    };
+    int n = (int)(sizeof cases / sizeof cases[0]), bad = 0;
+    for (int i = 0; i < n; i++) {
+        uint16_t b = dpo_f32_to_bf16(from_bits(cases[i].in)),
+                 h = dpo_f32_to_f16(from_bits(cases[i].in));
+        if (b != cases[i].bf || h != cases[i].h) {
+            fprintf(stderr, "0x%08x: bf16 0x%04x (expected 0x%04x), f16 0x%04x (expected 0x%04x)\n",
+                    (unsigned)cases[i].in, b, cases[i].bf, h, cases[i].h);
+            bad++;
+        }
+    }
+    CHECK(bad == 0);
+
+    /* NaN stays NaN, quiet, with its sign */
+    {
+        uint32_t nans[] = {0x7fc00000, 0xffc00000, 0x7f800001, 0xff800001, 0x7fffffff};
+        for (int i = 0; i < 5; i++) {
+            uint16_t b = dpo_f32_to_bf16(from_bits(nans[i])),
+                     h = dpo_f32_to_f16(from_bits(nans[i]));
+            CHECK(is_nan16(b, 1) && (b & 0x0040) && (b >> 15) == (nans[i] >> 31));
+            CHECK(is_nan16(h, 0) && (h & 0x0200) && (h >> 15) == (nans[i] >> 31));
+        }
+    }
+
+    /* Every 16-bit value widens exactly and narrows back to itself. */
+    bad = 0;
+    for (uint32_t v = 0; v < 65536; v++) {
+        uint16_t b = dpo_f32_to_bf16(dpo_bf16_to_f32((uint16_t)v));
+        uint16_t h = dpo_f32_to_f16(dpo_f16_to_f32((uint16_t)v));
+        if (is_nan16((uint16_t)v, 1) ? !is_nan16(b, 1) : b != v) bad++;
+        if (is_nan16((uint16_t)v, 0) ? !is_nan16(h, 0) : h != v) bad++;
+    }
+    CHECK(bad == 0);
+
+    /* Between two neighbours, every float32 goes to the nearer, ties to even:
+       all float32 bit patterns from 1.0 to 2.0 against the definition. */
+    bad = 0;
+    for (uint32_t u = 0x3f800000; u < 0x40000000; u += 7) {
+        float x = from_bits(u);
+        uint16_t b = dpo_f32_to_bf16(x), h = dpo_f32_to_f16(x);
+        double lo_b = dpo_bf16_to_f32((uint16_t)(u >> 16)),
+               hi_b = dpo_bf16_to_f32((uint16_t)((u >> 16) + 1));
+        uint16_t hlo = (uint16_t)(0x3c00 + ((u & 0x7fffff) >> 13));
+        double lo_h = dpo_f16_to_f32(hlo), hi_h = dpo_f16_to_f32((uint16_t)(hlo + 1));
+        uint16_t want_b = (x - lo_b < hi_b - x || (x - lo_b == hi_b - x && !((u >> 16) & 1)))
+                              ? (uint16_t)(u >> 16)
+                              : (uint16_t)((u >> 16) + 1);
+        uint16_t want_h = (x - lo_h < hi_h - x || (x - lo_h == hi_h - x && !(hlo & 1)))
+                              ? hlo
+                              : (uint16_t)(hlo + 1);
+        if (b != want_b || h != want_h) bad++;
+    }
+    CHECK(bad == 0);
+}
+
+/* ---- the one-tensor-at-a-time reader -------------------------------------------------- */
+
+static void test_reader(void) {
+    int64_t s23[2] = {2, 3}, s32[2] = {3, 2}, s2[1] = {2};
+    /* 1 + 2^-8 is a BF16 tie (down to 1), 1 + 2^-7 exact, 3.0 exact */
+    float wv[6] = {1.0f, 1.00390625f, 1.0078125f, -3.0f, 0.0f, 65536.0f};
+    dpo_tensor *w = dpo_tensor_new(DPO_F32, 2, s23, &e);
+    dpo_tensor *ids = dpo_tensor_zeros(DPO_I32, 1, s2, &e);
+    dpo_tensor *ts[2], *dst, *bad;
+    const char *names[2] = {"w", "ids"};
+    const char *path = in_dir("bf16.safetensors");
+    dpo_st_reader *r;
+    const dpo_st_info *in;
+    float want[6] = {1.0f, 1.0f, 1.0078125f, -3.0f, 0.0f, 65536.0f};
+    ts[0] = w, ts[1] = ids;
+    memcpy(dpo_f32(w), wv, sizeof wv);
+    dpo_i32(ids)[0] = 7, dpo_i32(ids)[1] = -9;
+    CHECK(dpo_st_save_as(path, 2, names, ts, 0, NULL, NULL, DPO_ST_BF16, &e) == DPO_OK);
+
+    r = dpo_st_open(path, &e);
+    CHECK(r != NULL);
+    if (!r) return;
+    CHECK(dpo_st_count(r) == 2);
+    CHECK(strcmp(dpo_st_path(r), path) == 0);
+    CHECK(dpo_st_index(r, "w") == 1 && dpo_st_index(r, "ids") == 0 && dpo_st_index(r, "x") == -1);
+    in = dpo_st_info_at(r, 1);
+    CHECK(in && strcmp(in->name, "w") == 0 && strcmp(in->dtype, "BF16") == 0 && in->ndim == 2 &&
+          in->shape[0] == 2 && in->shape[1] == 3 && in->numel == 6 && in->to == DPO_F32);
+    in = dpo_st_info_at(r, 0);
+    CHECK(in && strcmp(in->dtype, "I32") == 0 && in->to == DPO_I32);
+    CHECK(dpo_st_info_at(r, 2) == NULL && dpo_st_info_at(r, -1) == NULL);
+
+    dst = dpo_tensor_zeros(DPO_F32, 2, s23, &e);
+    CHECK(dpo_st_read(r, 1, dst, &e) == DPO_OK);
+    CHECK(memcmp(dpo_f32(dst), want, sizeof want) == 0);
+    /* read again after its pages were given back: the same values */
+    memset(dpo_f32(dst), 0, sizeof want);
+    CHECK(dpo_st_read(r, 1, dst, &e) == DPO_OK);
+    CHECK(memcmp(dpo_f32(dst), want, sizeof want) == 0);
+    bad = dpo_tensor_zeros(DPO_I32, 1, s2, &e);
+    CHECK(dpo_st_read(r, 0, bad, &e) == DPO_OK);
+    CHECK(dpo_i32(bad)[0] == 7 && dpo_i32(bad)[1] == -9);
+    dpo_tensor_release(bad);
+
+    /* misuse: a destination of another shape or dtype, a tensor that is not there */
+    bad = dpo_tensor_zeros(DPO_F32, 2, s32, &e);
+    CHECK(dpo_st_read(r, 1, bad, &e) == DPO_ERR_SHAPE);
+    CHECK_STR(e.msg, "tensor 'w' has shape 2x3, the destination 3x2");
+    CHECK_STR(e.msg, path);
+    dpo_tensor_release(bad);
+    bad = dpo_tensor_zeros(DPO_I32, 2, s23, &e);
+    CHECK(dpo_st_read(r, 1, bad, &e) == DPO_ERR_TYPE);
+    dpo_tensor_release(bad);
+    CHECK(dpo_st_read(r, 2, dst, &e) == DPO_ERR_RANGE);
+    dpo_st_close(r);
+    dpo_st_close(NULL);
+
+    /* F16 too, and F32 read through the reader equals what dpo_st_load gives */
+    CHECK(dpo_st_save_as(path, 1, names, ts, 0, NULL, NULL, DPO_ST_F16, &e) == DPO_OK);
+    r = dpo_st_open(path, &e);
+    CHECK(r && strcmp(dpo_st_info_at(r, 0)->dtype, "F16") == 0);
+    if (r) {
+        float wh[6] = {1.0f, 1.00390625f, 1.0078125f, -3.0f, 0.0f, INFINITY}; /* 65536 overflows */
+        CHECK(dpo_st_read(r, 0, dst, &e) == DPO_OK);
+        CHECK(memcmp(dpo_f32(dst), wh, sizeof wh) == 0);
+        dpo_st_close(r);
+    }
+    CHECK(dpo_st_save_as(path, 1, names, ts, 0, NULL, NULL, DPO_ST_F32, &e) == DPO_OK);
+    r = dpo_st_open(path, &e);
+    if (r) {
+        CHECK(strcmp(dpo_st_info_at(r, 0)->dtype, "F32") == 0);
+        CHECK(dpo_st_read(r, 0, dst, &e) == DPO_OK);
+        CHECK(memcmp(dpo_f32(dst), wv, sizeof wv) == 0);
+        dpo_st_close(r);
+    }
+    CHECK(dpo_st_save_as(path, 1, names, ts, 0, NULL, NULL, (dpo_st_float)7, &e) == DPO_ERR_ARG);
+
+    /* a truncated file is refused when opened, naming the file and the tensor */
+    {
+        unsigned char buf[512];
+        size_t n;
+        CHECK(dpo_st_save_as(path, 2, names, ts, 0, NULL, NULL, DPO_ST_BF16, &e) == DPO_OK);
+        n = read_bytes(path, buf, sizeof buf);
+        write_bytes(in_dir("short.safetensors"), buf, n - 3);
+        r = dpo_st_open(in_dir("short.safetensors"), &e);
+        CHECK(r == NULL);
+        CHECK_STR(e.msg, "short.safetensors: tensor 'w'");
+        CHECK_STR(e.msg, "file truncated?");
+        dpo_st_close(r);
+    }
+    CHECK(dpo_st_open(in_dir("none.safetensors"), &e) == NULL && e.status == DPO_ERR_IO);
+    dpo_tensor_release(dst);
+    dpo_tensor_release(w);
+    dpo_tensor_release(ids);
+}
+
 int main(void) {
     if (tmpdir_make("dpo_st") < 0) return 1;
     test_round_trip();
     test_conversions();
     test_malformed();
     test_save_errors();
+    test_narrowing();
+    test_reader();
     tmpdir_remove();
     return check_report("test_safetensors");
 }

@@ -30,9 +30,28 @@ local function gpt_case()
       { eps = 1e-2, atol = 2e-3, rtol = 2e-2 } }
 end
 
+-- The Llama family's log-probabilities (Qwen3 with biases: every kind of parameter).
+local function llama_case()
+   local m = dpo.model.new{ model_type = "qwen3", vocab_size = 11, hidden_size = 8, intermediate_size = 6,
+                            num_hidden_layers = 1, num_attention_heads = 2, num_key_value_heads = 1,
+                            head_dim = 4, attention_bias = true, max_position_embeddings = 8, seed = 2 }
+   local _, P = m:named_parameters()
+   dpo.no_grad(function()
+      for _, p in ipairs(m:parameters()) do p:copy(dpo.randn(p:shape()) * 0.5) end
+   end)
+   local ids = idx{ { 1, 5, 9, 2, 7 }, { 3, 10, 0, 0, 0 } }
+   local mask = idx{ { 0, 1, 1, 0, 1 }, { 0, 1, 0, 0, 0 } }
+   return { function() return m:logps(ids, mask) end,
+      { P["model.embed_tokens.weight"], P["model.layers.0.self_attn.k_proj.weight"],
+        P["model.layers.0.self_attn.q_norm.weight"], P["model.layers.0.self_attn.v_proj.bias"],
+        P["model.layers.0.mlp.down_proj.weight"], P["lm_head.weight"] },
+      { eps = 1e-2, atol = 2e-3, rtol = 2e-2 } }
+end
+
 -- name -> list of {fn, inputs, opts}; several cases per op for broadcasting
 local cases = {
    gpt_logps = { gpt_case() },
+   llama_logps = { llama_case() },
    add = {
       { function(a, b) return a + b end, { randn(2, 3), randn(2, 3) } },
       { function(a, b) return a + b end, { randn(2, 3), randn(3) } },

@@ -64,6 +64,22 @@ describe("recipes/hh.lua", function()
       assert.is_true(has(r2.err, "--sft.steps expects a number, got 'many'"), r2.err)
    end)
 
+   it("renders the dialogues through --chat_template and shows a rendered prompt", function()
+      local dir = tmpdir() .. "/chat"
+      local r = run("recipes/hh.lua", { "--sft.steps=1", "--dpo.steps=1", "--eval_pairs=4", "--samples=1",
+                                        "--max_new_tokens=2", "--eval_every=0", "--out=" .. dir,
+                                        "--chat_template=tests/fixtures/chat/smollm2.jinja" })
+      assert.are.equal(0, r.code, r.err)
+      assert.is_true(has(r.out, "chat template: tests/fixtures/chat/smollm2.jinja; the first prompt as rendered:\n" ..
+                                "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), r.out)
+      local html = read(dir .. "/report.html")
+      assert.is_true(has(html, "<b>chat template</b>tests/fixtures/chat/smollm2.jinja"))
+      assert.is_true(has(html, "<b>example prompt</b>&lt;|im_start|&gt;system\\nYou are"))
+      local bad = run("recipes/hh.lua", { "--out=" .. dir .. "2", "--chat_template=/no/such/file.jinja" })
+      assert.are_not.equal(0, bad.code)
+      assert.is_true(has(bad.err, "--chat_template: /no/such/file.jinja"), bad.err)
+   end)
+
    it("runs SFT, DPO and the evaluation, and leaves the run's files", function()
       local dir = tmpdir() .. "/hh"
       local r = run("recipes/hh.lua", short{ "--out=" .. dir })

@@ -1143,10 +1143,14 @@ case({ "dpo.trap_signals", "dpo.release_signals", "dpo.pending_signal" }, {
 
 case("dpo.save", {
    args = { S.path(function() return fresh_path(".safetensors") end),
-            S.tab(function() return { w = dpo.ones(2) } end), S.opt(S.tab({ format = "pt" })) },
+            S.tab(function() return { w = dpo.ones(2) } end), S.opt(S.tab({ format = "pt" })),
+            S.opt(S.tab({ dtype = "bfloat16" })) },
    check = function(r) assert.is_true(r) end,
    extra = function(t)
       local p = fresh_path(".safetensors")
+      t.fails("an unknown dtype", dpo.save, p, { w = dpo.ones(1) }, nil, { dtype = "float64" })
+      t.fails("a dtype that is a number", dpo.save, p, { w = dpo.ones(1) }, nil, { dtype = 2 })
+      t.fails("an unknown option", dpo.save, p, { w = dpo.ones(1) }, nil, { dtyp = "float16" })
       t.fails("an empty name", dpo.save, p, { [""] = dpo.ones(1) })
       t.fails("a number name", dpo.save, p, { [1] = dpo.ones(1) })
       t.fails("a name with a zero byte", dpo.save, p, { ["a\0b"] = dpo.ones(1) })
@@ -1175,6 +1179,55 @@ case("dpo.load", {
          assert.is_nil(ok)
          assert.are.equal("string", type(err))
       end
+   end,
+})
+
+local function st_reader() return assert(dpo.open_safetensors(F.st)) end
+local function closed_reader()
+   local r = st_reader()
+   r:close()
+   return r
+end
+local SELF_READER = function()
+   return S.obj(st_reader, { dead = { { "a closed reader", closed_reader } }, other = { A_TENSOR } })
+end
+
+case("dpo.open_safetensors", {
+   args = { S.path(F.st) },
+   check = function(r) assert.are.equal("userdata", type(r)) end,
+   extra = function(t)
+      for _, p in ipairs { F.missing, F.garbage, DIR } do
+         local ok, err = t.works("the file " .. p, dpo.open_safetensors, p)
+         assert.is_nil(ok)
+         assert.are.equal("string", type(err))
+      end
+   end,
+})
+
+case("dpo.SafetensorsReader.entries", {
+   args = { SELF_READER() },
+   check = function(list)
+      assert.are.same({ { name = "w", dtype = "F32", shape = { 2, 2 } } }, list)
+   end,
+})
+
+case("dpo.SafetensorsReader.read", {
+   args = { SELF_READER(), S.str("w"), S.obj(function() return dpo.zeros(2, 2) end) },
+   check = function(r) assert.is_true(r) end,
+   extra = function(t)
+      t.fails("a name the file lacks", st_reader().read, st_reader(), "v", dpo.zeros(2, 2))
+      t.fails("a tensor of another shape", st_reader().read, st_reader(), "w", dpo.zeros(4))
+      t.fails("an int32 tensor", st_reader().read, st_reader(), "w", dpo.zeros(2, 2):int())
+      t.fails("a strided tensor", st_reader().read, st_reader(), "w", dpo.zeros(2, 2):t())
+   end,
+})
+
+case("dpo.SafetensorsReader.close", {
+   args = { S.obj(st_reader, { other = { A_TENSOR } }) },
+   name = { "close", "__close", "__gc" },
+   extra = function(t)
+      local r = closed_reader()
+      t.works("closing twice", r.close, r)
    end,
 })
 
@@ -1396,12 +1449,208 @@ case("dpo.GPT.generate", {
 })
 
 case("dpo.GPT.save", {
-   args = { S.obj(model, DEAD_MODEL), S.path(function() return fresh_path() end) },
+   args = { S.obj(model, DEAD_MODEL), S.path(function() return fresh_path() end),
+            S.opts({ dtype = S.opt(S.str("bfloat16")), max_shard_size = S.opt(S.any("1KB")) },
+                   { optional = true, strict = true }) },
    self = true,
    check = function(r) assert.is_true(r) end,
    extra = function(t)
+      t.fails("an unknown dtype", dpo.GPT.save, model(), fresh_path(), { dtype = "int8" })
+      t.fails("a bad max_shard_size", dpo.GPT.save, model(), fresh_path(), { max_shard_size = "1 gb" })
       t.fails("a path that is a file", dpo.GPT.save, model(), F.garbage)
       t.fails("a directory that cannot be made", dpo.GPT.save, model(), F.missing)
+   end,
+})
+
+-- ---- the Llama-family model (dpo.model, dpo.Llama) ---------------------------------------------
+
+local LTINY = { model_type = "llama", vocab_size = 257, hidden_size = 8, intermediate_size = 8,
+                num_hidden_layers = 1, num_attention_heads = 2, num_key_value_heads = 1,
+                max_position_embeddings = 16 }
+local function lmodel() return dpo.model.new(LTINY) end
+local function closed_lmodel()
+   local m = lmodel()
+   do local _ <close> = m end
+   return m
+end
+F.lmodel = DIR .. "/lmodel"
+lmodel():save(F.lmodel)
+local DEAD_LMODEL = { dead = { { "a closed model", closed_lmodel } }, other = { A_TENSOR } }
+local function SELF_LMODEL() return S.obj(lmodel, DEAD_LMODEL) end
+
+case({ "dpo.llama_new", "dpo.core.llama_new" }, {
+   args = { S.opts({ vocab_size = S.int(257), hidden_size = S.int(8), intermediate_size = S.int(8),
+                     num_hidden_layers = S.int(1), num_attention_heads = S.int(2),
+                     num_key_value_heads = S.opt(S.int(1)), head_dim = S.opt(S.int(4)),
+                     max_position_embeddings = S.opt(S.int(16)), sliding_window = S.opt(S.int(0, { ok = { "0" } })),
+                     rms_norm_eps = S.opt(S.fin(1e-6, { bad = { "-1", "1e300" } })),
+                     rope_theta = S.opt(S.fin(10000, { bad = { "-1" } })),
+                     rope_type = S.opt(S.str("linear")), rope_factor = S.opt(S.fin(2, { bad = { "-1" } })),
+                     tie_word_embeddings = S.opt(S.bool(true)), qkv_bias = S.opt(S.bool(true)),
+                     o_bias = S.opt(S.bool(true)), mlp_bias = S.opt(S.bool(true)), qk_norm = S.opt(S.bool(true)),
+                     initializer_range = S.opt(S.fin(0.02, { bad = { "-1", "1e300" } })),
+                     seed = S.opt(S.int(3, { ok = ANY_INT })) }, { strict = true }) },
+   name = { "llama_new", "dpo.model.new" },
+   check = function(m) assert.are.equal(257, m:config().vocab_size) end,
+   extra = function(t)
+      t.fails("kv heads not dividing heads", core.llama_new, { vocab_size = 4, hidden_size = 8,
+         intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2, num_key_value_heads = 3 })
+      t.fails("an odd head_dim", core.llama_new, { vocab_size = 4, hidden_size = 8,
+         intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2, head_dim = 3 })
+      t.fails("an unknown rope_type", core.llama_new, { vocab_size = 4, hidden_size = 8,
+         intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2, rope_type = "yarn" })
+      t.fails("a model too large", core.llama_new, { vocab_size = 10000000, hidden_size = 65536,
+         intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2 })
+   end,
+})
+
+case("dpo.model.new", {
+   -- fields are Hugging Face's, each with a default (a probe leaving hidden_size out would
+   -- build a 4096-wide model): a whole config here, bad fields in extra and llama_spec
+   args = { S.tab(function()
+      local c = {}
+      for k, v in pairs(LTINY) do c[k] = v end
+      return c
+   end) },
+   check = function(m) assert.are.equal(257, m:config().vocab_size) end,
+   extra = function(t)
+      t.fails("an unknown model_type", dpo.model.new, { model_type = "gemma" })
+      t.fails("hidden_act gelu", dpo.model.new, { model_type = "llama", hidden_act = "gelu" })
+      t.fails("rope_scaling dynamic", dpo.model.new, { model_type = "llama", vocab_size = 4, hidden_size = 8,
+         intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2,
+         rope_scaling = { rope_type = "dynamic", factor = 2 } })
+      for _, k in ipairs { "vocab_size", "hidden_size", "num_hidden_layers" } do
+         for _, v in ipairs { -1, 0.5, 1e300, 0 / 0, "8" } do
+            local c = {}
+            for key, x in pairs(LTINY) do c[key] = x end
+            c[k] = v
+            t.fails(("%s = %s"):format(k, tostring(v)), dpo.model.new, c)
+         end
+      end
+      t.works("a gpt2 config", dpo.model.new, { model_type = "gpt2", vocab_size = 8, n_ctx = 4, n_layer = 1,
+         n_head = 1, n_embd = 4 })
+   end,
+})
+
+case("dpo.model.load", {
+   args = { S.path(F.lmodel), S.opt(S.tab({})) },
+   extra = function(t)
+      t.fails("a missing directory", dpo.model.load, F.missing)
+      t.fails("a directory without a model", dpo.model.load, DIR)
+      t.fails("an unknown option", dpo.model.load, F.lmodel, { dtype = "x" })
+      t.works("a gpt2 directory", dpo.model.load, F.model)
+   end,
+})
+
+case("dpo.model.hf_config", {
+   args = { SELF_LMODEL() },
+   check = function(c) assert.are.equal("llama", c.model_type) end,
+})
+
+case("dpo.model.is_model", {
+   any = "a predicate",
+   check = function(r) assert.are.equal("boolean", type(r)) end,
+   extra = function(t)
+      assert.is_true(t.works("a Llama", dpo.model.is_model, lmodel()))
+      assert.is_true(t.works("a GPT", dpo.model.is_model, model()))
+      assert.is_false(t.works("a closed model", dpo.model.is_model, closed_lmodel()))
+      assert.is_false(t.works("a tensor", dpo.model.is_model, dpo.ones(1)))
+   end,
+})
+
+for _, name in ipairs { "config", "eval", "freeze", "is_frozen", "is_training", "named_parameters",
+                        "num_params", "parameters", "zero_grad", "dropout_state" } do
+   case("dpo.Llama." .. name, { args = { SELF_LMODEL() } })
+end
+case("dpo.Llama.clone", { args = { SELF_LMODEL(), S.opt(S.any(true)) } })
+case("dpo.Llama.train", { args = { SELF_LMODEL(), S.opt(S.any(true)) } })
+case("dpo.Llama.seed_dropout", { args = { SELF_LMODEL(), S.int(5, { ok = ANY_INT }) } })
+case("dpo.Llama.set_dropout_state", {
+   args = { SELF_LMODEL(), S.str(lmodel():dropout_state()) },
+   extra = function(t)
+      local s = lmodel():dropout_state()
+      t.fails("a state one byte short", dpo.Llama.set_dropout_state, lmodel(), s:sub(2))
+      t.fails("a state of zeros", dpo.Llama.set_dropout_state, lmodel(), string.rep("\0", #s))
+   end,
+})
+case("dpo.Llama.__tostring", {
+   args = { S.obj(lmodel, { other = { A_TENSOR } }) },
+   name = false,
+   check = function(s) assert.are.equal("string", type(s)) end,
+   extra = function(t)
+      assert.are.equal("string", type(t.works("a closed model", tostring, closed_lmodel())))
+   end,
+})
+case("dpo.Llama.__gc", {
+   args = { S.obj(lmodel, { other = { A_TENSOR } }) },
+   name = false,
+   extra = function(t)
+      local m = lmodel()
+      local p = m:parameters()[1]
+      do local _ <close> = m end
+      t.works("closing twice", debug.getregistry()["dpo.Llama"].__close, m)
+      t.fails("a method after close", dpo.Llama.config, m)
+      t.works("a parameter of a closed model", function() return p:sum():item() end)
+   end,
+})
+case("dpo.Llama.logps", {
+   args = { SELF_LMODEL(), TENSOR(ids32), TENSOR(mask32) },
+   check = function(lp, n)
+      shape_is(lp, { 2 })
+      h.near(n, { 3, 2 })
+   end,
+   extra = function(t)
+      local m = lmodel()
+      local function ids(rows, dt) return dpo.tensor(rows, dt or "int32") end
+      t.fails("an id of 257", m.logps, m, ids { { 1, 257 } }, ids { { 0, 1 } })
+      t.fails("float ids", m.logps, m, ids({ { 1, 2 } }, "float32"), ids { { 0, 1 } })
+      t.fails("a mask of another shape", m.logps, m, ids { { 1, 2 } }, ids { { 0, 1, 1 } })
+      local long = {}
+      for i = 1, 17 do long[i] = 1 end
+      t.works("17 tokens (16 positions)", m.logps, m, ids { long }, ids { long })
+      long[18] = 1
+      t.fails("18 tokens (16 positions)", m.logps, m, ids { long }, ids { long })
+      t.survives("zero rows", m.logps, m, dpo.zeros(0, 4, "int32"), dpo.zeros(0, 4, "int32"))
+      t.survives("zero columns", m.logps, m, dpo.zeros(2, 0, "int32"), dpo.zeros(2, 0, "int32"))
+      t.survives("non-contiguous ids", m.logps, m, ids32():t(), mask32():t())
+   end,
+})
+case("dpo.Llama.next_logits", {
+   args = { SELF_LMODEL(), IDS() },
+   check = function(r) shape_is(r, { 257 }) end,
+   extra = function(t)
+      local m = lmodel()
+      id_list_probes(t, m.next_logits, m)
+   end,
+})
+case("dpo.Llama.generate", {
+   args = { SELF_LMODEL(), IDS(),
+            S.opt(S.opts({
+               max_new_tokens = S.opt(S.int(2, { bad = { { "2^31 - 1", 2147483647 } } })),
+               temperature = S.opt(S.fin(1, { bad = NEGATIVE })),
+               top_k = S.opt(S.int(5)),
+               top_p = S.opt(S.fin(0.9, { bad = OUT_OF_RANGE })),
+               seed = S.opt(S.int(1, { ok = ANY_INT })),
+               stop_ids = S.opt(S.int(7, { ok = { "-1", "math.maxinteger", "math.mininteger" },
+                                           skip = { "{}" } })),
+               use_cache = S.opt(S.any(true)),
+            }, { strict = true })) },
+   check = function(r) assert.are.equal("int32", r:dtype()) end,
+   extra = function(t)
+      local m = lmodel()
+      id_list_probes(t, m.generate, m, { max_new_tokens = 1 })
+      t.works("max_new_tokens 0", m.generate, m, { 1 }, { max_new_tokens = 0 })
+      t.works("without the cache", m.generate, m, { 1 }, { max_new_tokens = 2, use_cache = false })
+   end,
+})
+case("dpo.Llama.save", {
+   args = { S.obj(lmodel, DEAD_LMODEL), S.path(function() return fresh_path() end), S.opt(S.tab({})) },
+   self = true,
+   check = function(r) assert.is_true(r) end,
+   extra = function(t)
+      t.fails("a path that is a file", dpo.Llama.save, lmodel(), F.garbage)
+      t.fails("a directory that cannot be made", dpo.Llama.save, lmodel(), F.missing)
+      t.fails("an unknown option", dpo.Llama.save, lmodel(), fresh_path(), { dtyp = "float32" })
    end,
 })
 
@@ -1535,6 +1784,30 @@ case("dpo.Tokenizer.token_to_id", {
 case("dpo.Tokenizer.save", {
    args = { SELF_TOK(), S.path(function() return fresh_path(".json") end) },
    extra = function(t) t.fails_with("a missing directory", F.missing, TM.save, tok(), F.missing) end,
+})
+local function chat_tok()
+   return dpo.tokenizer.bytes():set_chat_template("{% for m in messages %}{{ m.role }}:{{ m.content }}{% endfor %}")
+end
+case("dpo.Tokenizer.chat_template", {
+   args = { S.obj(chat_tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }) },
+   check = function(s) assert.are.equal("string", type(s)) end,
+})
+case("dpo.Tokenizer.set_chat_template", {
+   args = { S.obj(tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }),
+            S.opt(S.str("{{ 1 }}")), S.opt(S.str("source")) },
+   extra = function(t) t.fails("a template with a syntax error", TM.set_chat_template, tok(), "{{ (") end,
+})
+case("dpo.Tokenizer.apply_chat_template", {
+   args = { S.obj(chat_tok, { other = { A_TENSOR }, dead = { { "a freed tokenizer", freed_tok } } }),
+            S.tab({ { role = "user", content = "hi" } }),
+            S.opt(S.tab({ add_generation_prompt = true })) },
+   check = function(s) assert.are.equal("user:hi", s) end,
+   extra = function(t)
+      t.fails("no template", TM.apply_chat_template, tok(), { { role = "user", content = "hi" } })
+      t.fails("a message without a role", TM.apply_chat_template, chat_tok(), { { content = "hi" } })
+      t.works("tokenize", TM.apply_chat_template, chat_tok(), { { role = "user", content = "hi" } },
+              { tokenize = true })
+   end,
 })
 case("dpo.Tokenizer.__index", {
    name = false,
@@ -1957,6 +2230,53 @@ case("dpo.data.Reader.bad", {
       local r = lua_reader()
       r.on_error = "error"
       t.fails_any("on_error = 'error'", LR.bad, r, 1, "why")
+   end,
+})
+
+-- ---- dpo.jinja ---------------------------------------------------------------------------------
+
+local J = dpo.jinja
+case("dpo.jinja.compile", {
+   args = { S.str("{{ x }}"), S.opt(S.str("name")) },
+   check = function(t) assert.is_true(J.is_template(t)) end,
+   extra = function(t)
+      t.fails_with("a syntax error", "name:1:", J.compile, "{{ (", "name")
+      t.fails_with("an unsupported tag", "unsupported construct", J.compile, "{% include 'x' %}")
+   end,
+})
+case("dpo.jinja.render", {
+   args = { S.str("{{ x }}"), S.opt(S.tab({ x = 1 })), S.opt(S.str("name")) },
+   check = function(s) assert.are.equal("string", type(s)) end,
+   extra = function(t)
+      t.fails_with("raise_exception", "boom", J.render, "{{ raise_exception('boom') }}")
+      t.fails_with("a function value that raises", "oops", J.render, "{{ f() }}",
+                   { f = function() error("oops") end })
+   end,
+})
+case("dpo.jinja.Template.render", {
+   args = { S.obj(function() return J.compile("{{ x }}") end, { table_ok = true }), S.opt(S.tab({ x = 1 })) },
+   self = true,
+   check = function(s) assert.are.equal("1", s) end,
+})
+case({ "dpo.jinja.list", "dpo.jinja.dict" }, {
+   args = { S.tab(function() return {} end) },
+   call = function(x) return J.list(x), J.dict(x == nil and x or {}) end,
+   name = { "list", "dict" },
+   extra = function(t)
+      t.fails("a table with a metatable", J.list, setmetatable({}, {}))
+      t.fails("keys that are not a list", J.dict, {}, 5)
+   end,
+})
+case("dpo.jinja.is_template", {
+   any = "any value",
+   check = function(r) assert.are.equal("boolean", type(r)) end,
+})
+case("dpo.jinja.tojson", {
+   args = { S.any({ a = 1 }), S.opt(S.tab({ indent = 2 })) },
+   check = function(s) assert.are.equal('{\n  "a": 1\n}', s) end,
+   extra = function(t)
+      t.fails("a coroutine", J.tojson, coroutine.create(print))
+      t.fails("an indent that is a table", J.tojson, 1, { indent = {} })
    end,
 })
 
