@@ -171,7 +171,11 @@ local function parse_kv(s)
    return t
 end
 
+-- In a job under mpirun (dpo.dist) rank 0 alone speaks and writes files.
+local MAIN = dpo.dist.is_main()
+
 local function say(...)
+   if not MAIN then return end
    io.stdout:write(string.format(...), "\n")
    io.stdout:flush()
 end
@@ -235,8 +239,11 @@ local function phase(fn, opts, how_to_resume)
    if ok then return result end
    if type(result) == "table" and result.exit_code then
       io.stdout:flush()
-      io.stderr:write(tostring(result), "\n")
-      if result.checkpoint then io.stderr:write("resume with: ", how_to_resume, "\n") end
+      if MAIN then
+         io.stderr:write(tostring(result), "\n")
+         if result.checkpoint then io.stderr:write("resume with: ", how_to_resume, "\n") end
+      end
+      dpo.dist.finalize() -- every rank stopped at the same step: leave the job together
       os.exit(result.exit_code, true)
    end
    die(tostring(result))
@@ -272,18 +279,23 @@ local function setup(argv, defaults)
    dpo.manual_seed(o.seed)
    -- from here a first Ctrl-C or SIGTERM is a request to stop at a step boundary
    dpo.trap_signals()
-   J.how_to_resume = ("%s %s --resume %s"):format(interpreter(), arg and arg[0] or "recipes/hh.lua", o.out)
+   J.how_to_resume = ("%s%s %s --resume %s"):format(
+      dpo.dist.size() > 1 and ("mpirun -np %d "):format(dpo.dist.size()) or "", interpreter(),
+      arg and arg[0] or "recipes/hh.lua", o.out)
    return J
 end
 
 -- Between the phases: a signal that came during a phase's last step (or
 -- after it) ends the process here, naming the checkpoint to go on from.
 local function stop_here(J, where, checkpoint)
-   local sig, code = dpo.pending_signal()
+   local sig, code = dpo.dist.pending_signal()
    if not sig then return end
    io.stdout:flush()
-   io.stderr:write(("stopped by %s %s; the last checkpoint is %s\nresume with: %s\n"):format(
-      sig, where, checkpoint, J.how_to_resume))
+   if MAIN then
+      io.stderr:write(("stopped by %s %s; the last checkpoint is %s\nresume with: %s\n"):format(
+         sig, where, checkpoint, J.how_to_resume))
+   end
+   dpo.dist.finalize() -- every rank stops here: leave the job together
    os.exit(code, true)
 end
 
@@ -292,6 +304,15 @@ end
 local function open_run(J)
    local o = J.o
    J.train_path, J.test_path = data_files(o.data)
+   if not MAIN then -- the others read what rank 0 tidied, and keep their records in memory
+      dpo.dist.barrier()
+      if o.resume ~= "" then
+         local latest = dpo.train.latest_checkpoint(o.out)
+         if latest then J.latest, J.st = latest, latest.state end
+      end
+      J.run = dpo.log.memory()
+      return
+   end
    if o.resume ~= "" then
       local latest, why = dpo.train.latest_checkpoint(o.out, function(text) say("%s", text) end)
       if latest then
@@ -310,6 +331,7 @@ local function open_run(J)
       if not okr then die((tostring(r):gsub("^.-:%d+: ", ""))) end
       J.run = r
    end
+   dpo.dist.barrier()
 end
 
 -- The chat template --chat_template names: text and source, or nil.
@@ -547,6 +569,7 @@ end
 -- there are some.
 local function write_report(J, final, samples)
    local o = J.o
+   if not J.run.dir then return end -- (a rank of a job but rank 0)
    local facts = {
       { "data", ("%s (%d train, %d test pairs)"):format(o.data, #J.train_ds, #J.test_ds) },
       { "model", tostring(J.model) },

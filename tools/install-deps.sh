@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the Debian packages dpolua needs to build, run and test (clang with
-# its sanitizer and libFuzzer runtimes and its OpenMP for `make fuzz`).
+# its sanitizer and libFuzzer runtimes and its OpenMP for `make fuzz`; OpenMPI
+# for data-parallel jobs under mpirun).
 # As root: installs what is missing, non-interactively. Otherwise uses sudo
 # when it can; when it cannot, prints the exact command and exits 1.
 set -eu
@@ -8,6 +9,7 @@ set -eu
 PACKAGES="cmake make gcc pkg-config libc6-dev
 liblua5.4-dev lua5.4 libopenblas-openmp-dev zlib1g-dev libreadline-dev libjansson-dev libutf8proc-dev
 lua-busted lua-cjson lua-filesystem tmux python3-jinja2
+libopenmpi-dev openmpi-bin
 clang libclang-rt-14-dev libomp-dev"
 
 missing=""

@@ -159,6 +159,7 @@ int luaopen_dpo_core(lua_State *L) {
     dpo_open_gpt(L);
     dpo_open_llama(L);
     dpo_open_data(L);
+    dpo_open_dist(L);
     lua_pushliteral(L, DPO_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushliteral(L, LUA_RELEASE);

@@ -38,5 +38,6 @@ int dpo_open_bpe(lua_State *L);
 int dpo_open_gpt(lua_State *L);
 int dpo_open_llama(lua_State *L);
 int dpo_open_data(lua_State *L);
+int dpo_open_dist(lua_State *L);
 
 #endif

@@ -13,6 +13,7 @@
 #include <lua.h>
 
 #include "base/common.h"
+#include "base/dist.h"
 #include "cli/call.h"
 
 static lua_State *globalL = NULL;
@@ -29,10 +30,14 @@ int dpo_error_exit_code(void) {
 }
 
 /*
-** Print "dpolua: msg" on stderr.
+** Print "dpolua: msg" on stderr ("dpolua: rank N: msg" in a job of several
+** processes).
 */
 void dpo_message(const char *msg) {
-    fprintf(stderr, "%s: %s\n", DPO_PROGNAME, msg);
+    if (dpo_dist_size() > 1)
+        fprintf(stderr, "%s: rank %d: %s\n", DPO_PROGNAME, dpo_dist_rank(), msg);
+    else
+        fprintf(stderr, "%s: %s\n", DPO_PROGNAME, msg);
     fflush(stderr);
 }
 

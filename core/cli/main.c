@@ -8,7 +8,13 @@
 ** `lua`, so scripts, shebang lines and tools written for `lua` work unchanged.
 ** The interactive prompt lives in repl.c; protected calls and error
 ** reports, which both use, in call.c.
+** Started by mpirun (or srun), dpolua joins the job's world before anything
+** runs (base/dist.h), gives each rank its share of the host's cores, and at
+** the end leaves it: MPI_Finalize after success, MPI_Abort after an error,
+** so a rank that fails ends the whole job at once instead of leaving the
+** others waiting in a collective.
 */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,11 +22,14 @@
 #include <unistd.h>
 
 #include <cblas.h>
+#include <omp.h>
+#include <sched.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
 
 #include "base/common.h"
+#include "base/dist.h"
 #include "cli/call.h"
 #include "cli/repl.h"
 
@@ -368,6 +377,74 @@ static int open_dpo(lua_State *L, int noenv) {
 /* }================================================================== */
 
 /*
+** {==================================================================
+** The job's world (mpirun)
+** ===================================================================
+*/
+
+/*
+** os.exit under mpirun: a success leaves the world with the others
+** (MPI_Finalize) and exits as Lua's os.exit does; a failure ends the whole
+** job (MPI_Abort with that status), since the other ranks may be waiting for
+** this one. A stop every rank agreed on calls dpo.dist.finalize() first and
+** then exits with its status alone.
+*/
+static int dist_exit(lua_State *L) {
+    int status = EXIT_SUCCESS;
+    if (lua_isboolean(L, 1))
+        status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+    else if (!lua_isnoneornil(L, 1))
+        status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+    fflush(stdout);
+    fflush(stderr);
+    if (status == EXIT_SUCCESS)
+        dpo_dist_finalize();
+    else
+        dpo_dist_abort(status);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* Lua's own os.exit */
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 0);
+    return 0;
+}
+
+static void wrap_os_exit(lua_State *L) {
+    if (!dpo_dist_active()) return;
+    lua_getglobal(L, "os");
+    lua_getfield(L, -1, "exit");
+    lua_pushcclosure(L, dist_exit, 1);
+    lua_setfield(L, -2, "exit");
+    lua_pop(L, 1);
+}
+
+/*
+** Join the world when a launcher started this process. Unless
+** OMP_NUM_THREADS says otherwise, each rank computes on its share of the
+** host's cores (cores / ranks on this host), never more than the cores it
+** is bound to (mpirun binds each rank to one core unless told
+** --bind-to none or --map-by ...:PE=n). Returns 0 after printing why not.
+*/
+static int dist_start(void) {
+    dpo_error e;
+    if (!dpo_dist_launched()) return 1;
+    if (dpo_dist_init(&e) != DPO_OK) {
+        dpo_message(e.msg);
+        return 0;
+    }
+    if (getenv("OMP_NUM_THREADS") == NULL) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int n = (int)(cores > 0 ? cores : 1) / dpo_dist_local_size();
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) < n) n = CPU_COUNT(&set);
+        if (n < 1) n = 1;
+        omp_set_num_threads(n);
+        openblas_set_num_threads(n);
+    }
+    return 1;
+}
+
+/* }================================================================== */
+
+/*
 ** The whole program in protected mode: argc and argv come as arguments.
 ** Returns true when everything ran without error.
 */
@@ -393,6 +470,7 @@ static int pmain(lua_State *L) {
         lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
     }
     luaL_openlibs(L);
+    wrap_os_exit(L);
     createargtable(L, argv, argc, script);
     lua_gc(L, LUA_GCRESTART);   /* start GC... */
     lua_gc(L, LUA_GCGEN, 0, 0); /* ...in generational mode */
@@ -431,6 +509,7 @@ int main(int argc, char **argv) {
     int status, result;
     lua_State *L;
     wait_passively(argv);
+    if (!dist_start()) return EXIT_FAILURE;
     L = luaL_newstate();
     if (L == NULL) {
         dpo_message("cannot create state: not enough memory");
@@ -443,7 +522,10 @@ int main(int argc, char **argv) {
     status = lua_pcall(L, 2, 1, 0); /* do the call */
     result = lua_toboolean(L, -1);  /* get result */
     dpo_report(L, status);
+    if (!(result && status == LUA_OK) && !dpo_error_exit_code())
+        dpo_dist_abort(EXIT_FAILURE); /* the others may be waiting for this rank */
     lua_close(L);
+    dpo_dist_finalize(); /* (a stop with an exit code was agreed by every rank) */
     if (result && status == LUA_OK) return EXIT_SUCCESS;
     return dpo_error_exit_code() ? dpo_error_exit_code() : EXIT_FAILURE;
 }

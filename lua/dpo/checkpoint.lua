@@ -392,11 +392,17 @@ function checkpoint.resume(P)
    local where = resume.path or "the checkpoint"
    if rst.kind ~= kind then fail(fname, "%s is a checkpoint of a %s phase, not %s", where, tostring(rst.kind), kind) end
    local d = rst.data or {}
-   local mine = { batch_size = P.bs, grad_accum = P.accum, seed = P.seed, shuffle = P.shuffle, pairs = #P.ds }
-   for _, k in ipairs{ "batch_size", "grad_accum", "seed", "shuffle", "pairs" } do
+   -- a job may resume with another number of ranks when the global batch
+   -- (ranks x grad_accum micro-batches) stays the same
+   local mine = { batch_size = P.bs, global_batch = P.accum * (P.world or 1), seed = P.seed,
+                  shuffle = P.shuffle, pairs = #P.ds }
+   if d.grad_accum then d.global_batch = d.grad_accum * (d.ranks or 1) end
+   for _, k in ipairs{ "batch_size", "global_batch", "seed", "shuffle", "pairs" } do
       if d[k] ~= mine[k] then
          fail(fname, "%s was made with %s = %s, this run has %s: it would not continue the same run",
-              where, k == "pairs" and "data pairs" or k, tostring(d[k]), tostring(mine[k]))
+              where, k == "pairs" and "data pairs"
+                 or k == "global_batch" and "ranks x grad_accum (micro-batches per step)" or k,
+              tostring(d[k]), tostring(mine[k]))
       end
    end
    if resume.adapters then
@@ -442,7 +448,8 @@ function checkpoint.state(P, step, s, complete)
       phase = P.phase, kind = P.kind, global_step = step, phase_step = s, first_step = P.first,
       max_steps = P.total, epoch = (P.epoch - 1) + P.in_epoch / P.nb,
       data = { epoch = P.epoch, batch = P.in_epoch, batches_per_epoch = P.nb, batch_size = P.bs,
-               grad_accum = P.accum, shuffle = P.shuffle, seed = P.seed, pairs = #P.ds },
+               grad_accum = P.accum, ranks = P.world or 1, shuffle = P.shuffle, seed = P.seed,
+               pairs = #P.ds },
       rng_state = hex(core.rng_state()),
       skipped_steps = P.skipped, bad_steps_in_row = P.bad_in_row, num_tokens = P.num_tokens,
       learning_rate = P.opt.lr, beta = P.beta, loss = P.loss_name,

@@ -36,5 +36,6 @@ dpo.eval = require "dpo.eval"
 dpo.train = require "dpo.train"
 dpo.report = require "dpo.report"
 dpo.cli = require "dpo.cli"
+dpo.dist = require "dpo.dist"
 
 return dpo

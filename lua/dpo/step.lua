@@ -12,7 +12,14 @@
 --                          forward, loss, backward (the loss scaled by
 --                          1 / grad_accum); sums: each metric summed over
 --                          pairs; bad: why the step cannot be taken (a
---                          non-finite loss) or nil
+--                          non-finite loss) or nil. In a job of N ranks
+--                          (dpo.dist) a step reads N x grad_accum
+--                          micro-batches, the same as one process with N
+--                          times the accumulation: rank r computes the r-th
+--                          run of grad_accum of them, then the gradients are
+--                          averaged (one allreduce over the gradient arena)
+--                          and sums, pairs and bad gathered, in rank order,
+--                          so every rank ends the step with the same numbers
 --   step.clip(P) -> norm, bad    the global gradient norm, clipped to
 --                          max_grad_norm unless that is off; bad if the norm
 --                          is not finite
@@ -30,6 +37,7 @@
 local core = require "dpo.core"
 local optim = require "dpo.optim"
 local reference = require "dpo.reference"
+local dist = require "dpo.dist"
 
 local step = {}
 
@@ -119,7 +127,7 @@ local function micro_step(P, b)
    return value, m or {}, ntok
 end
 
-function step.forward_backward(P)
+local function local_forward_backward(P)
    local sums, pairs_seen = {}, 0
    for _ = 1, P.accum do
       local b = step.next_batch(P)
@@ -136,6 +144,74 @@ function step.forward_backward(P)
       pairs_seen = pairs_seen + b.size
    end
    return sums, pairs_seen, nil
+end
+
+-- A rank's part of a step as one string: bad, pairs, then name = value pairs.
+local function pack_part(sums, pairs_seen, bad)
+   local keys = {}
+   for k in pairs(sums) do keys[#keys + 1] = k end
+   table.sort(keys)
+   local parts = { string.pack("<s4j", bad or "", pairs_seen) }
+   for _, k in ipairs(keys) do parts[#parts + 1] = string.pack("<s4d", k, sums[k]) end
+   return table.concat(parts)
+end
+
+local function unpack_part(s)
+   local bad, pairs_seen, at = string.unpack("<s4j", s)
+   local sums, order = {}, {}
+   while at <= #s do
+      local k, v
+      k, v, at = string.unpack("<s4d", s, at)
+      sums[k] = v
+      order[#order + 1] = k
+   end
+   return sums, order, pairs_seen, bad ~= "" and bad or nil
+end
+
+-- The step of one rank in a job: every micro-batch of the global step is
+-- read (so the data position and token counts stay those of one process),
+-- this rank's run of them computed; then the gathering.
+local function dist_forward_backward(P)
+   local sums, pairs_seen, bad = {}, 0, nil
+   local mine = P.rank * P.accum
+   for j = 0, P.world * P.accum - 1 do
+      local b = step.next_batch(P)
+      if j >= mine and j < mine + P.accum and not bad then
+         local value, m, ntok = micro_step(P, b)
+         P.num_tokens = P.num_tokens + ntok
+         P.window_tokens = P.window_tokens + ntok
+         if not finite(value) then
+            bad = format("loss is %s", show_number(value))
+         else
+            sums.loss = (sums.loss or 0) + value * b.size
+            for k, v in pairs(m) do
+               if type(v) == "number" then sums[k] = (sums[k] or 0) + v * b.size end
+            end
+            pairs_seen = pairs_seen + b.size
+         end
+      else
+         local ntok = b.prompt_lengths:sum():item() + b.response_lengths:sum():item()
+         P.num_tokens = P.num_tokens + ntok
+         P.window_tokens = P.window_tokens + ntok
+      end
+   end
+   -- every rank's sums, added in rank order (one process's order of micro-batches)
+   local all = dist.allgather(pack_part(sums, pairs_seen, bad))
+   local total, total_pairs, first_bad = {}, 0, nil
+   for r = 1, #all do
+      local s, order, n, why = unpack_part(all[r])
+      if why and not first_bad then first_bad = format("%s (rank %d)", why, r - 1) end
+      for _, k in ipairs(order) do total[k] = (total[k] or 0) + s[k] end
+      total_pairs = total_pairs + n
+   end
+   if first_bad then return total, total_pairs, first_bad end
+   dist.allreduce(P.grads, "mean")
+   return total, total_pairs, nil
+end
+
+function step.forward_backward(P)
+   if (P.world or 1) > 1 then return dist_forward_backward(P) end
+   return local_forward_backward(P)
 end
 
 function step.clip(P)

@@ -89,6 +89,14 @@
 --                            ref <- alpha * policy + (1 - alpha) * ref
 --                            (alpha = 1: a hard copy)
 --
+-- Under mpirun (dpo.dist), every rank calls the phase with the same options
+-- and data: a step takes ranks x grad_accum micro-batches of batch_size, rank
+-- r computes its own grad_accum of them, the gradients are averaged over the
+-- ranks (see dpo.step), and the numbers are those of one process that
+-- accumulates ranks x grad_accum micro-batches (to float32 rounding). Rank 0
+-- alone writes (out, run); the others keep their records in memory and say
+-- nothing. max_steps from epochs counts global batches.
+--
 -- Result: {model, optimizer, step (global), steps (this phase), metrics (the
 -- last train record), eval (the last eval record), skipped, checkpoint (the
 -- final checkpoint's path), elapsed, run, ref (the reference model)}.
@@ -122,6 +130,7 @@ local optim = require "dpo.optim"
 local checkpoint = require "dpo.checkpoint"
 local reference = require "dpo.reference"
 local step = require "dpo.step"
+local dist = require "dpo.dist"
 
 local train = {}
 
@@ -300,6 +309,7 @@ dpo.step):
              save_every, max_bad, clip (a norm or false), eval_bs
   resuming   resume (the loaded checkpoint), rst (its trainer state), s0 (the
              phase step it goes on after; 0 when starting)
+  world      world, rank (dpo.dist: ranks of the job, this one's)
   outputs    run (dpo.log), progress, say(msg)
   training   loss_fn, loss_name, beta_s, lr_s, ref (dpo.reference's R), params,
              opt, opt_name
@@ -331,9 +341,10 @@ local function settings(kind, o)
    if math.type(accum) ~= "integer" or accum < 1 then fail(fname, "grad_accum must be an integer >= 1") end
    local nb = ds:num_batches(bs)
    local total = o.max_steps
+   local world = dist.size()
    if total == nil then
       local epochs = o.epochs or 1
-      total = math.max(1, math.floor(epochs * nb / accum + 0.5))
+      total = math.max(1, math.floor(epochs * nb / (accum * world) + 0.5))
    end
    if math.type(total) ~= "integer" or total < 1 then fail(fname, "max_steps must be an integer >= 1") end
    local clip = o.max_grad_norm
@@ -345,15 +356,20 @@ local function settings(kind, o)
       first = o.global_step or 0, phase = o.phase or kind, quiet = o.quiet,
       log_every = o.log_every or 10, eval_every = o.eval_every or 0, save_every = o.save_every or 0,
       max_bad = o.max_bad_steps or 5, clip = clip, eval_bs = o.eval_batch_size or 2 * bs,
+      world = world, rank = dist.rank(),
    }
 end
 
 -- The run (metrics.jsonl and checkpoints: o.run, else one opened in o.out,
--- else in memory) and the progress display.
+-- else in memory) and the progress display. In a job, the ranks but rank 0
+-- keep their records in memory and say nothing: rank 0 alone writes.
 local function open_run(P)
    local o, rst = P.o, P.rst
    local run = o.run
-   if run == nil and o.out and rst then
+   if P.rank > 0 then
+      P.quiet = true
+      if run == nil then run = log.memory() end
+   elseif run == nil and o.out and rst then
       run = log.open(o.out, { resume = rst.log_history or {}, elapsed = rst.elapsed })
    elseif run == nil and o.out then
       run = log.open(o.out, { overwrite = o.overwrite })
@@ -382,6 +398,7 @@ local function setup_optimizer(P)
    local o, model = P.o, P.model
    P.lr_s = as_schedule(o.lr or (P.sft and 1e-3 or 1e-6), "lr", P.fname)
    P.params = model:parameters()
+   if P.world > 1 then P.grads = dist.grads(P.params) end -- averaged over the ranks each step
    P.opt, P.opt_name = make_optimizer(o.optimizer, P.params, o.optimizer_options, P.lr_s(1, nil), P.fname)
    if P.rst and P.resume.optimizer_state then
       local ok, err = pcall(P.opt.load_state_dict, P.opt, P.resume.optimizer_state)
@@ -426,6 +443,14 @@ local function prepare(kind, o)
 end
 
 -- ---- evaluation, signals ----------------------------------------------------------------------
+
+-- A checkpoint (rank 0 writes it; see checkpoint.save_phase): complete only
+-- when every rank of a job has reached it.
+local function save(P, at, s, complete)
+   local path = checkpoint.save_phase(P, at, s, complete)
+   if P.world > 1 then dist.barrier() end
+   return path
+end
 
 -- The eval record at global step `step` (nil without eval_data): logged,
 -- passed to on_eval, said.
@@ -476,11 +501,11 @@ end
 -- with the checkpoint `saved` at this step or one saved now (none at_end).
 local function stop_if_signalled(P, at, s, saved, at_end)
    if not P.trap then return end
-   local sig, code = core.pending_signal()
+   local sig, code = dist.pending_signal() -- in a job: every rank stops at the same step
    if not sig then return end
    P.progress:finish()
    local path = saved
-   if not at_end and not path then path = checkpoint.save_phase(P, at, s) end
+   if not at_end and not path then path = save(P, at, s) end
    error(setmetatable({
       signal = sig, exit_code = code, step = at, phase = P.phase, checkpoint = path, run_dir = P.run.dir,
       message = format("stopped by %s after step %d (%s: %d of %d steps)%s", sig, at, P.phase, s, P.total,
@@ -496,7 +521,7 @@ local function finish(P, t_start)
    P.progress:finish()
    if o.eval_data then evaluate(P, last) end
    local final
-   if o.save ~= false then final = checkpoint.save_phase(P, last, P.total, true) end
+   if o.save ~= false then final = save(P, last, P.total, true) end
    stop_if_signalled(P, last, P.total, final, true)
    if not P.quiet then
       P.say(format("%s: %d steps in %.1fs%s", P.phase, P.total, core.clock() - t_start,
@@ -535,7 +560,7 @@ local function run_phase(kind, o)
       if P.eval_every > 0 and s % P.eval_every == 0 and s ~= P.total then evaluate(P, at) end
       local saved
       if P.save_every > 0 and s % P.save_every == 0 and s ~= P.total then
-         saved = checkpoint.save_phase(P, at, s)
+         saved = save(P, at, s)
       end
       stop_if_signalled(P, at, s, saved)
    end

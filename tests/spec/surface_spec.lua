@@ -1061,6 +1061,64 @@ case("dpo.core.sgemm_direct", {
    end,
 })
 
+-- the world of a data-parallel job: here a world of one (tests/spec/dist_spec.lua
+-- runs under mpirun too)
+case({ "dpo.dist.rank", "dpo.dist.size", "dpo.dist.is_main", "dpo.dist.local_size", "dpo.dist.barrier",
+       "dpo.dist.stats", "dpo.dist.finalize" }, {
+   any = "no arguments; extra ones are ignored",
+   call = function(...)
+      dpo.dist.barrier(...)
+      dpo.dist.finalize(...) -- in a world of one: nothing to leave
+      return dpo.dist.rank(...), dpo.dist.size(...), dpo.dist.is_main(...), dpo.dist.local_size(...),
+         dpo.dist.stats(...)
+   end,
+   check = function(rank, size, main, lsize, stats)
+      assert.are.same({ 0, 1, true, 1 }, { rank, size, main, lsize })
+      assert.are.equal("number", type(stats.seconds))
+   end,
+})
+case("dpo.dist.allreduce", {
+   args = { S.obj(ft, { dead = DEAD_TENSORS, other = { A_TOKENIZER }, table_ok = true }),
+            S.opt(S.str("mean")) },
+   extra = function(t)
+      t.fails("an int32 tensor", dpo.dist.allreduce, dpo.ones(2, "int32"))
+      t.fails("a strided tensor", dpo.dist.allreduce, dpo.ones(2, 3):t())
+      t.fails("an unknown op", dpo.dist.allreduce, dpo.ones(2), "min")
+      t.fails("a list holding a string", dpo.dist.allreduce, { dpo.ones(2), "x" })
+      local x = dpo.ones(4)
+      t.fails("a list of overlapping tensors", dpo.dist.allreduce, { x, x:narrow(1, 2, 2) })
+      t.works("an empty list", dpo.dist.allreduce, {})
+   end,
+})
+case("dpo.dist.broadcast", {
+   args = { TENSOR(), S.int(0) },
+   extra = function(t)
+      t.fails("a strided tensor", dpo.dist.broadcast, dpo.ones(2, 3):t(), 0)
+      t.works("an int32 tensor", dpo.dist.broadcast, dpo.ones(2, "int32"), 0)
+   end,
+})
+case("dpo.dist.allgather", {
+   args = { S.any("x") },
+   extra = function(t)
+      t.fails("a table", dpo.dist.allgather, {})
+      t.fails("a function", dpo.dist.allgather, print)
+      t.fails("a tensor", dpo.dist.allgather, dpo.ones(1))
+   end,
+})
+case("dpo.dist.sum", { args = { S.num(1.5) } })
+case("dpo.dist.pending_signal", {
+   any = "no arguments; extra ones are ignored",
+   check = function(sig) assert.is_nil(sig) end,
+})
+case("dpo.dist.any", { args = { S.any(true) } })
+case("dpo.dist.grads", {
+   args = { S.tab(function() return model():parameters() end) },
+   extra = function(t)
+      t.fails("a list holding a string", dpo.dist.grads, { "x" })
+      t.fails("a parameter without a gradient", dpo.dist.grads, { dpo.ones(2) })
+   end,
+})
+
 -- signal traps: each trap is released again
 case({ "dpo.trap_signals", "dpo.release_signals", "dpo.pending_signal" }, {
    any = "no arguments (pending_signal's one is a flag); extra ones are ignored",
