@@ -110,13 +110,17 @@ int32_t dpo_bpe_added(const dpo_bpe *t, int k, int *special);
 
 /* ---- encoding and decoding ------------------------------------------------------- */
 
-/* Append the ids of s[0..n) to out. special = 0: added tokens are not
-** matched (their text is encoded as ordinary text). */
-dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int special, dpo_bpe_ids *out,
+/* encode's flags: match added tokens in the text (else their text is
+** encoded as ordinary text); put the post-processor's tokens around the
+** ids (Hugging Face's add_special_tokens, e.g. Llama's <s>). */
+enum { DPO_BPE_SPECIAL = 1, DPO_BPE_ADD_SPECIAL = 2 };
+
+/* Append the ids of s[0..n) to out; flags as above (1: GPT-2's usual). */
+dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int flags, dpo_bpe_ids *out,
                           dpo_error *e);
 /* outs[k] gets the ids of texts[k] (appended); threads over the texts. */
 dpo_status dpo_bpe_encode_batch(dpo_bpe *t, size_t count, const char *const *texts,
-                                const size_t *lens, int special, dpo_bpe_ids *outs, dpo_error *e);
+                                const size_t *lens, int flags, dpo_bpe_ids *outs, dpo_error *e);
 /* The bytes of ids[0..n), malloc'd and NUL-terminated (*len without the
 ** NUL); skip_special drops special tokens. An unknown id fails (arg 1). */
 char *dpo_bpe_decode(const dpo_bpe *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
