@@ -1237,9 +1237,22 @@ static char *decode_chain(const dpo_bpe *t, const int32_t *ids, size_t n, int sk
     if (strs && lens && m) {
         for (size_t i = 0; i < n; i++) {
             const tok_entry *te = &t->tok[ids[i]];
-            if (skip_special && te->added && is_special(t, ids[i])) continue;
+            int norm = 0;
             strs[k] = bpe_tok_str(t, ids[i]);
-            lens[k++] = te->str_len;
+            lens[k] = te->str_len;
+            /* a token matched after normalizing decodes from its normalized
+               form, so the decoder undoes the normalizer; and, as in Hugging
+               Face's, that form is not skipped as special unless it is the
+               content itself */
+            for (int q = 0; te->added && t->has_norm_added && q < t->nadded; q++)
+                if (t->added[q].id == ids[i] && t->added[q].normalized) {
+                    strs[k] = t->mstrs.p + t->added[q].moff;
+                    lens[k] = t->added[q].mlen;
+                    norm =
+                        lens[k] != te->str_len || memcmp(strs[k], bpe_tok_str(t, ids[i]), lens[k]);
+                }
+            if (skip_special && te->added && !norm && is_special(t, ids[i])) continue;
+            k++;
         }
         out = tk_dec_apply(t->dec, m, strs, lens, k, len);
     }

@@ -2,7 +2,8 @@
 ** normalize.c: tokenizer.json's normalizers (see pipeline.h).
 **
 ** NFC, NFD, NFKC, NFKD (utf8proc_map), Lowercase (utf8proc_tolower, code
-** point by code point), StripAccents (drops nonspacing marks), Prepend
+** point by code point, as Rust's char::to_lowercase: U+0130 -> i + U+0307), StripAccents (drops the
+*combining marks M*), Prepend
 ** (before a non-empty text), Replace (every match of a string or a regex),
 ** Strip (Unicode White_Space at either end) and Sequence. A text that is not
 ** valid UTF-8 goes through the Unicode forms and Lowercase unchanged.
@@ -138,7 +139,14 @@ static int apply_one(const tk_op *op, tk_match *m, const char *s, size_t n, sbuf
                 utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
             i += (size_t)l;
             if (op->kind == TK_STRIP_ACCENTS) {
-                if (utf8proc_category(c) == UTF8PROC_CATEGORY_MN) continue;
+                utf8proc_category_t k = utf8proc_category(c);
+                if (k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_MC ||
+                    k == UTF8PROC_CATEGORY_ME)
+                    continue;
+            } else if (c == 0x130) { /* the one full lowercase mapping of more than one
+                                        code point: I with dot above -> i + U+0307 */
+                if (tk_put_cp(out, 'i')) return -1;
+                c = 0x307;
             } else {
                 c = utf8proc_tolower(c);
             }

@@ -107,7 +107,8 @@ static dpo_status parse_one(tk_ops *o, json_t *j, int *byte_level, const char *w
         op->a = json_is_true(json_object_get(j, "individual_digits"));
     } else if (strcmp(t, "Whitespace") == 0) {
         op->kind = TK_WHITESPACE;
-        if (!(op->re = tk_regex_new("\\w+|[^\\w\\s]+", 14, 0, where, e))) return e->status;
+        static const char ws[] = "\\w+|[^\\w\\s]+";
+        if (!(op->re = tk_regex_new(ws, sizeof ws - 1, 0, where, e))) return e->status;
     } else if (strcmp(t, "WhitespaceSplit") == 0) {
         op->kind = TK_WSSPLIT;
     } else if (strcmp(t, "Punctuation") == 0) {
