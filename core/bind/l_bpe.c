@@ -365,8 +365,9 @@ static int l_tostring(lua_State *L) {
         return 1;
     }
     luaL_buffinit(L, &b);
-    lua_pushfstring(L, "dpo.Tokenizer (byte-level BPE: %d tokens, %d merges",
-                    (int)dpo_bpe_vocab_size(*p), (int)dpo_bpe_num_merges(*p));
+    lua_pushfstring(L, "dpo.Tokenizer (%s: %d tokens, %d merges",
+                    dpo_bpe_byte_level(*p) ? "byte-level BPE" : "BPE", (int)dpo_bpe_vocab_size(*p),
+                    (int)dpo_bpe_num_merges(*p));
     luaL_addvalue(&b);
     for (int k = 0; k < dpo_bpe_num_added(*p) && shown < 8; k++) {
         int special;

@@ -1187,7 +1187,8 @@ dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int flags, dpo_bp
     bpe_cache *c = ok ? &t->cache[0] : NULL;
     tk_ws *w = ok ? t->ws[0] : NULL;
     if (encode_one(t, c, w, (const unsigned char *)s, n, flags, out)) {
-        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory encoding %zu bytes", n);
+        dpo_fail(e, DPO_ERR_MEM, 0,
+                 "out of memory encoding %zu bytes (or a regex ran past PCRE2's match limits)", n);
         return e->status;
     }
     return DPO_OK;
@@ -1214,7 +1215,10 @@ dpo_status dpo_bpe_encode_batch(dpo_bpe *t, size_t count, const char *const *tex
         outs[k] = v;
     }
     if (failed) {
-        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory encoding a batch of %zu texts", count);
+        dpo_fail(e, DPO_ERR_MEM, 0,
+                 "out of memory encoding a batch of %zu texts (or a regex ran past PCRE2's "
+                 "match limits)",
+                 count);
         return e->status;
     }
     return DPO_OK;
@@ -1298,6 +1302,10 @@ int32_t dpo_bpe_vocab_size(const dpo_bpe *t) {
 
 int32_t dpo_bpe_num_merges(const dpo_bpe *t) {
     return t->nmerges;
+}
+
+int dpo_bpe_byte_level(const dpo_bpe *t) {
+    return t->byte_level;
 }
 
 int32_t dpo_bpe_token_to_id(const dpo_bpe *t, const char *s, size_t n) {

@@ -810,7 +810,7 @@ function Dataset:tokenize(tok, opts)
    local store = C.pairs(pad)
    local list, out, n = self._pairs, {}, #self._pairs
    local dropped, cut_prompt, cut_response = {}, 0, 0
-   local encode_opts = { special = false }
+   local encode_opts = { special = false, add_special_tokens = false } -- BOS/EOS: copts
    for first = 1, n, CHUNK do
       local last = math.min(n, first + CHUNK - 1)
       local m, texts = last - first + 1, {}

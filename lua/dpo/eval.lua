@@ -318,7 +318,7 @@ function eval.samples(model, tok, prompts, opts)
          if type(text) ~= "string" then
             error(format("dpo.eval.samples: prompt %d is a %s, not a string", i, type(text)), 0)
          end
-         local ids = tok:encode(text, { special = false }):totable()
+         local ids = tok:encode(text, { special = false, add_special_tokens = false }):totable()
          if #ids > keep then ids = table.move(ids, #ids - keep + 1, #ids, 1, {}) end
          if #ids == 0 then ids = { tok.bos_id or tok.eos_id or 0 } end
          local s = { prompt = text, policy = generate(model, tok, ids, opts) }
