@@ -468,6 +468,91 @@ done:
     return t;
 }
 
+/* {"SpecialToken": {"id": name, "type_id": k}} */
+static json_t *tpl_special(const dpo_bpe *t, int32_t id, int k) {
+    return json_pack("{s{ss%si}}", "SpecialToken", "id", bpe_tok_str(t, id),
+                     (size_t)t->tok[id].str_len, "type_id", k);
+}
+
+/* Append [bos] $X [eos] to list a (k: type id, X: "A" or "B"). */
+static int tpl_add(json_t *a, const dpo_bpe *t, int32_t bos, int32_t eos, int k, const char *x) {
+    return (bos < 0 || json_array_append_new(a, tpl_special(t, bos, k)) == 0) &&
+           json_array_append_new(a, json_pack("{s{sssi}}", "Sequence", "id", x, "type_id", k)) ==
+               0 &&
+           (eos < 0 || json_array_append_new(a, tpl_special(t, eos, k)) == 0);
+}
+
+/*
+** transformers' Llama and Gemma tokenizers (tokenizer_class LlamaTokenizer,
+** GemmaTokenizer, CodeLlamaTokenizer, with or without Fast) rebuild the
+** post-processor from tokenizer_config.json's add_bos_token / add_eos_token
+** (defaults true and false): [bos] $A [eos]. Done here too, and written to
+** the tokenizer.json that tok:save writes, as transformers' save does.
+*/
+static dpo_status class_template(dpo_bpe *t, const char *dir, dpo_error *e) {
+    static const char *const classes[] = {"LlamaTokenizer", "GemmaTokenizer", "CodeLlamaTokenizer"};
+    json_t *root, *cls, *v, *tpl = NULL, *single, *pair, *sp;
+    int32_t bos, eos;
+    int match = 0, add_bos = 1, add_eos = 0, ok;
+    if (!t->config || !(root = json_loads(t->config, JSON_DECODE_INT_AS_REAL, NULL))) return DPO_OK;
+    cls = json_object_get(root, "tokenizer_class");
+    for (int k = 0; k < 3 && json_is_string(cls); k++)
+        match |= strncmp(json_string_value(cls), classes[k], strlen(classes[k])) == 0 &&
+                 (json_string_value(cls)[strlen(classes[k])] == '\0' ||
+                  strcmp(json_string_value(cls) + strlen(classes[k]), "Fast") == 0);
+    if ((v = json_object_get(root, "add_bos_token"))) add_bos = json_is_true(v);
+    if ((v = json_object_get(root, "add_eos_token"))) add_eos = json_is_true(v);
+    json_decref(root);
+    if (!match) return DPO_OK;
+    bos = add_bos ? t->role[DPO_BPE_BOS] : -1;
+    eos = add_eos ? t->role[DPO_BPE_EOS] : -1;
+    if ((add_bos && bos < 0) || (add_eos && eos < 0)) {
+        dpo_fail(e, DPO_ERR_ARG, 0,
+                 "%s/tokenizer_config.json: add_%s_token is true but there is no %s token", dir,
+                 add_bos && bos < 0 ? "bos" : "eos", add_bos && bos < 0 ? "bos" : "eos");
+        return e->status;
+    }
+    single = json_array();
+    pair = json_array();
+    sp = json_object();
+    ok = single && pair && sp && tpl_add(single, t, bos, eos, 0, "A") &&
+         tpl_add(pair, t, bos, eos, 0, "A") && tpl_add(pair, t, bos, eos, 1, "B");
+    for (int k = 0; ok && k < 2; k++) {
+        int32_t id = k ? eos : bos;
+        if (id < 0) continue;
+        ok = json_object_setn_new(sp, bpe_tok_str(t, id), t->tok[id].str_len,
+                                  json_pack("{ss%s[i]s[s%]}", "id", bpe_tok_str(t, id),
+                                            (size_t)t->tok[id].str_len, "ids", (int)id, "tokens",
+                                            bpe_tok_str(t, id), (size_t)t->tok[id].str_len)) == 0;
+    }
+    if (ok) {
+        tpl = json_pack("{sssOsOsO}", "type", "TemplateProcessing", "single", single, "pair", pair,
+                        "special_tokens", sp);
+        free(t->src[2]);
+        t->src[2] = tpl ? json_dumps(tpl, JSON_COMPACT) : NULL;
+        ok = t->src[2] != NULL;
+    }
+    if (ok) {
+        size_t n = 0;
+        int32_t *items = (int32_t *)malloc(3 * sizeof *items);
+        ok = items != NULL;
+        if (ok) {
+            if (bos >= 0) items[n++] = bos;
+            items[n++] = -1;
+            if (eos >= 0) items[n++] = eos;
+            free(t->post.item);
+            t->post.item = items;
+            t->post.n = n;
+        }
+    }
+    json_decref(tpl), json_decref(single), json_decref(pair), json_decref(sp);
+    if (!ok) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", dir);
+        return e->status;
+    }
+    return DPO_OK;
+}
+
 /* A directory's files: tokenizer.json, or a vocabulary and its merges. */
 static dpo_bpe *load_dir(const char *dir, dpo_error *e) {
     int explicit_role[DPO_BPE_NROLES] = {0}, found = 0;
@@ -491,6 +576,10 @@ static dpo_bpe *load_dir(const char *dir, dpo_error *e) {
         return NULL;
     }
     if (t) bpe_default_roles(t, explicit_role);
+    if (t && class_template(t, dir, e) != DPO_OK) {
+        dpo_bpe_free(t);
+        return NULL;
+    }
     return t;
 }
 

@@ -181,6 +181,53 @@ describe("tokenizer_config.json", function()
    end)
 end)
 
+describe("add_bos_token / add_eos_token", function()
+   -- a copy of Llama 2's files with tokenizer_config.json changed
+   local function llama2_with(edit)
+      local dir = h.tmpdir()
+      local src = hf_dir() .. "/models/llama2/"
+      h.write(dir .. "/tokenizer.json", h.read(src .. "tokenizer.json"))
+      local cfg = read_json(src .. "tokenizer_config.json")
+      edit(cfg)
+      h.write(dir .. "/tokenizer_config.json", cjson.encode(cfg))
+      return dpo.tokenizer.load(dir), dir
+   end
+
+   it("rebuild the template of transformers' Llama and Gemma classes", function()
+      local plain = model("llama2")
+      local body = plain:encode("Hello world", { add_special_tokens = false }):totable()
+      local tok = llama2_with(function(c) c.add_eos_token = true end)
+      local want = { 1 }
+      for _, id in ipairs(body) do want[#want + 1] = id end
+      want[#want + 1] = 2
+      assert.are.same(want, tok:encode("Hello world"):totable())
+      tok = llama2_with(function(c) c.add_bos_token = false end)
+      assert.are.same(body, tok:encode("Hello world"):totable())
+      -- saved, Hugging Face's tokenizers reads the new template
+      tok = llama2_with(function(c) c.add_eos_token = true end)
+      local out = h.tmpdir()
+      tok:save(out)
+      local tf, rf = out .. "/texts.json", out .. "/hf.json"
+      h.write(tf, cjson.encode({ "Hello world", "a <s> b" }))
+      local p = io.popen(string.format("NODE_PATH='%s/node_modules' node tests/tokenizer/hf_encode.js " ..
+                                       "'%s/tokenizer.json' '%s' '%s' 2>&1", hf_dir(), out, tf, rf))
+      local msg = p:read("a")
+      assert(p:close(), msg)
+      local hf = read_json(rf)
+      assert.are.same(hf.with[1], want)
+      assert.are.same(hf.with[2], tok:encode("a <s> b"):totable())
+   end)
+
+   it("are left alone for other classes, as transformers does", function()
+      local tok = llama2_with(function(c)
+         c.tokenizer_class = "PreTrainedTokenizerFast"
+         c.add_eos_token = true
+      end)
+      local plain = model("llama2")
+      assert.are.same(plain:encode("Hello world"):totable(), tok:encode("Hello world"):totable())
+   end)
+end)
+
 describe("saving", function()
    for _, name in ipairs({ "llama3", "qwen3", "llama2", "v-added_options", "v-metaspace_first" }) do
       it(name .. ": tok:save(dir) loads back to the same ids, and Hugging Face reads it", function()
