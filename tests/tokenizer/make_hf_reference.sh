@@ -57,6 +57,23 @@ if ! installed; then
         exit 1
     }
 fi
-NODE_PATH="$out/node_modules" node "$here/hf_reference.js" "$out" \
-    "$root/tests/fixtures/tokenizer/hard_cases.json" "$root/tests/fixtures/tokenizer/corpus.json" \
-    "$root/examples/data/hh-sample/train.jsonl.gz" "$root/examples/data/hh-sample/test.jsonl.gz"
+data="$root/tests/fixtures/tokenizer/hard_cases.json $root/tests/fixtures/tokenizer/corpus.json
+$root/examples/data/hh-sample/train.jsonl.gz $root/examples/data/hh-sample/test.jsonl.gz"
+
+# The ids are made again only when an input is newer than the last run's stamp.
+stamp="$out/hf-reference.stamp"
+fresh() {
+    [ -f "$stamp" ] || return 1
+    for f in "$here/hf_reference.js" $data "$out/node_modules/tokenizers/package.json"; do
+        [ "$f" -nt "$stamp" ] && return 1
+    done
+    return 0
+}
+if fresh; then
+    echo "make_hf_reference.sh: $out is up to date"
+    exit 0
+fi
+rm -f "$stamp"
+# shellcheck disable=SC2086
+NODE_PATH="$out/node_modules" node "$here/hf_reference.js" "$out" $data
+touch "$stamp"
