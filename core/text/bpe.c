@@ -1258,7 +1258,21 @@ static char *decode_chain(const dpo_bpe *t, const int32_t *ids, size_t n, int sk
             if (skip_special && te->added && !norm && is_special(t, ids[i])) continue;
             k++;
         }
-        out = tk_dec_apply(t->dec, m, strs, lens, k, len);
+        if (t->dec_join) { /* no decoder: the tokens joined by spaces */
+            size_t total = 0;
+            for (size_t q = 0; q < k; q++) total += lens[q] + 1;
+            if ((out = (char *)malloc(total + 1)) != NULL) {
+                *len = 0;
+                for (size_t q = 0; q < k; q++) {
+                    if (q) out[(*len)++] = ' ';
+                    memcpy(out + *len, strs[q], lens[q]);
+                    *len += lens[q];
+                }
+                out[*len] = '\0';
+            }
+        } else {
+            out = tk_dec_apply(t->dec, m, strs, lens, k, len);
+        }
     }
     free(strs), free(lens), tk_match_free(m);
     if (!out) return (char *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory decoding %zu ids", n);
@@ -1280,7 +1294,7 @@ char *dpo_bpe_decode(const dpo_bpe *t, const int32_t *ids, size_t n, int skip_sp
                                     (long)id);
         total += t->tok[id].raw_len;
     }
-    if (t->dec) return decode_chain(t, ids, n, skip_special, len, e);
+    if (t->dec || t->dec_join) return decode_chain(t, ids, n, skip_special, len, e);
     out = (char *)malloc(total + 1);
     if (!out) return (char *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory decoding %zu ids", n);
     for (size_t i = 0; i < n; i++) {

@@ -202,6 +202,7 @@ static dpo_status read_stages(dpo_bpe *t, const char *path, json_t *root, dpo_er
     }
     if (dec && !json_is_null(dec) && !is_bytelevel(dec) && !(t->dec = tk_dec_parse(dec, path, e)))
         return e->status;
+    t->dec_join = t->pipeline && (!dec || json_is_null(dec));
     return DPO_OK;
 }
 
@@ -642,8 +643,9 @@ static json_t *to_json(const dpo_bpe *t) {
               stage(t, 1,
                     t->pipeline ? json_null()
                                 : bytelevel_json(t->add_prefix_space, 1, t->use_regex))) &&
-         jset(root, "post_processor", stage(t, 2, bytelevel_json(1, 0, 1))) &&
-         jset(root, "decoder", stage(t, 3, bytelevel_json(1, 1, 1))) &&
+         jset(root, "post_processor",
+              stage(t, 2, t->pipeline ? json_null() : bytelevel_json(1, 0, 1))) &&
+         jset(root, "decoder", stage(t, 3, t->pipeline ? json_null() : bytelevel_json(1, 1, 1))) &&
          jset(root, "model", json_incref(model)) && jset(model, "type", json_string("BPE")) &&
          jset(model, "dropout", json_null()) &&
          jset(model, "unk_token",

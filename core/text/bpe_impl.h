@@ -97,6 +97,7 @@ struct dpo_bpe {
     int pipeline;   /* encode through norm / pre (else GPT-2's path above) */
     int byte_level; /* the model reads bytes through GPT-2's alphabet */
     int byte_fallback, fuse_unk;
+    int dec_join; /* no decoder in a pipeline: tokens joined by spaces, as Hugging Face */
     char *cprefix, *eow_suffix; /* continuing_subword_prefix, end_of_word_suffix */
     size_t ncprefix, neow;
     int32_t byte_fb[256]; /* the id of <0xNN>, -1: none */

@@ -3,9 +3,10 @@
 **
 ** Hugging Face's tokenizers runs its patterns with Oniguruma; PCRE2 with
 ** PCRE2_UTF | PCRE2_UCP reads the same syntax for what those files use
-** (\p{L}, \p{N}, (?i:...), lookahead, counted repeats). One difference is
-** translated: Oniguruma's \s is Unicode's White_Space, PCRE2's is Z* plus
-** TAB..CR, so U+0085 (NEL) is added to every \s and \S. Subjects are
+** (\p{L}, \p{N}, (?i:...), lookahead, counted repeats). Two differences
+** are translated: Oniguruma's \s is Unicode's White_Space, PCRE2's is Z*
+** plus TAB..CR, so U+0085 (NEL) is added to every \s and \S; Oniguruma's
+** \w also holds marks and the joiners and not other numbers (WORD below). Subjects are
 ** checked for UTF-8 once by the caller (tk_utf8_valid) and matched with
 ** PCRE2_NO_UTF_CHECK, so a long text is not re-checked at every piece.
 ** A match after an empty match starts one code point further, as
@@ -30,7 +31,11 @@ struct tk_match {
     pcre2_jit_stack *js;
 };
 
-/* Rewrite \s and \S for Oniguruma's White_Space; NULL when out of memory. */
+/* Oniguruma's \w: letters, marks, decimal digits, letter numbers,
+** connector punctuation and the joiners ZWNJ / ZWJ (PCRE2's is L, N, _). */
+#define WORD "\\p{L}\\p{M}\\p{Nd}\\p{Nl}\\p{Pc}\\x{200C}\\x{200D}"
+
+/* Rewrite \s, \S, \w, \W as Oniguruma reads them; NULL when out of memory. */
 static char *translate(const char *p, size_t n, size_t *outn) {
     sbuf b = {0};
     int in_class = 0;
@@ -43,6 +48,10 @@ static char *translate(const char *p, size_t n, size_t *outn) {
                 add = in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
             else if (c == 'S' && !in_class)
                 add = "[^\\s\\x{85}]";
+            else if (c == 'w')
+                add = in_class ? WORD : "[" WORD "]";
+            else if (c == 'W' && !in_class)
+                add = "[^" WORD "]";
             if (add) {
                 skip = 2;
             } else if (bpe_sbuf_add(&b, p + i, 2)) {

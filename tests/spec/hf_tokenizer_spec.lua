@@ -112,7 +112,7 @@ describe("Hugging Face's ids and texts", function()
             if v then names[#names + 1] = v end
          end
          table.sort(names)
-         assert.is_true(#names >= 19, "the variants are there")
+         assert.is_true(#names >= 21, "the variants are there")
          for _, v in ipairs(names) do
             local tok = dpo.tokenizer.load(hf_dir() .. "/models/" .. v)
             local ref = read_json(hf_dir() .. "/hf-" .. v .. ".json")
@@ -229,7 +229,8 @@ describe("add_bos_token / add_eos_token", function()
 end)
 
 describe("saving", function()
-   for _, name in ipairs({ "llama3", "qwen3", "llama2", "v-added_options", "v-metaspace_first" }) do
+   for _, name in ipairs({ "llama3", "qwen3", "llama2", "v-added_options", "v-metaspace_first",
+                           "v-affixes" }) do
       it(name .. ": tok:save(dir) loads back to the same ids, and Hugging Face reads it", function()
          local tok, ref, dir = model(name)
          local out = h.tmpdir()
@@ -239,6 +240,7 @@ describe("saving", function()
          for i = 1, #ref.texts, 5 * STRIDE do texts[#texts + 1] = ref.texts[i] end
          for _, text in ipairs(texts) do
             assert.are.same(tok:encode(text):totable(), back:encode(text):totable())
+            assert.are.equal(tok:decode(tok:encode(text)), back:decode(back:encode(text)))
             assert.are.same(tok:encode(text, { add_special_tokens = false }):totable(),
                             back:encode(text, { add_special_tokens = false }):totable())
          end

@@ -172,6 +172,30 @@ const VARIANTS = [
   }],
 ];
 
+// A tokenizer made here for the model's options the real files leave unused:
+// continuing_subword_prefix "##", end_of_word_suffix "</w>", an unknown
+// token not fused, no decoder (Hugging Face then joins tokens with spaces),
+// and the same with Replace decoders.
+function affixes(decoder) {
+  const letters = "abcdefghijklmnopqrstuvwxyz";
+  const vocab = { "[UNK]": 0 };
+  const add = (t) => { if (!(t in vocab)) vocab[t] = Object.keys(vocab).length; };
+  for (const c of letters) for (const t of [c, "##" + c, c + "</w>", "##" + c + "</w>"]) add(t);
+  const merges = [["t", "##h"], ["th", "##e</w>"], ["a", "##n"], ["an", "##d</w>"], ["##i", "##n"],
+                  ["##in", "##g</w>"], ["i", "##n</w>"], ["##e", "##r</w>"], ["o", "##f</w>"]];
+  for (const [a, b] of merges) add(a + b.slice(2));
+  return {
+    version: "1.0", truncation: null, padding: null, added_tokens: [
+      { id: 0, content: "[UNK]", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }],
+    normalizer: { type: "Lowercase" },
+    pre_tokenizer: { type: "Whitespace" },
+    post_processor: null,
+    decoder,
+    model: { type: "BPE", dropout: null, unk_token: "[UNK]", continuing_subword_prefix: "##",
+             end_of_word_suffix: "</w>", fuse_unk: false, byte_fallback: false, vocab, merges },
+  };
+}
+
 async function reference(tok, name, versions, list) {
   const out = { model: name, versions, texts: list, with: [], without: [], decoded: [], decoded_skip: [] };
   for (const text of list) {
@@ -194,6 +218,15 @@ async function reference(tok, name, versions, list) {
     const dst = path.join(outDir, "models", `v-${name}`);
     fs.mkdirSync(dst, { recursive: true });
     fs.writeFileSync(path.join(dst, "tokenizer.json"), JSON.stringify(j));
+    const tok = Tokenizer.fromFile(path.join(dst, "tokenizer.json"));
+    await reference(tok, `v-${name}`, { tokenizers: version("tokenizers") }, fewer);
+  }
+  for (const [name, decoder] of [["affixes", null], ["affixes_replace", { type: "Sequence", decoders: [
+    { type: "Replace", pattern: { String: "##" }, content: "" },
+    { type: "Replace", pattern: { String: "</w>" }, content: " " }] }]]) {
+    const dst = path.join(outDir, "models", `v-${name}`);
+    fs.mkdirSync(dst, { recursive: true });
+    fs.writeFileSync(path.join(dst, "tokenizer.json"), JSON.stringify(affixes(decoder)));
     const tok = Tokenizer.fromFile(path.join(dst, "tokenizer.json"));
     await reference(tok, `v-${name}`, { tokenizers: version("tokenizers") }, fewer);
   }
