@@ -6,7 +6,15 @@
 -- (examples/bench_tiktoken.js).
 --
 --   dpolua examples/bench_tokenizer.lua [--mb=4] [--train-mb=20] [--vocab=8000]
---                                       [--gpt2=DIR] [--reps=3]
+--                                       [--gpt2=DIR] [--hf=DIR] [--reps=3]
+--                                       [--only=llama3]
+--
+-- Llama 3: the HH sample's texts (examples/data/hh-sample, every chosen and
+-- rejected dialogue) encoded one by one with Llama 3's tokenizer.json, on 1
+-- and 2 threads, beside tiktoken's cl100k_base (the same regex family) on
+-- the same texts. DIR (--hf, default $DPO_HF_DIR, else
+-- build/hf-tokenizer-ref) is what tests/tokenizer/make_hf_reference.sh
+-- writes. --only=llama3 runs this part alone.
 --
 -- DIR (default $DPO_GPT2_DIR, else build/tokenizer-ref) is what
 -- tests/tokenizer/make_reference.sh writes: GPT-2's encoder.json + vocab.bpe
@@ -14,8 +22,9 @@
 -- left out. Every figure is the best of --reps runs (the machine may be
 -- shared): "cold" on a fresh tokenizer (empty word cache), "warm" on one that
 -- has encoded the text before; tiktoken keeps no cache.
-local opts = { mb = 4, ["train-mb"] = 20, vocab = 8000, reps = 3,
-               gpt2 = os.getenv("DPO_GPT2_DIR") or "build/tokenizer-ref" }
+local opts = { mb = 4, ["train-mb"] = 20, vocab = 8000, reps = 3, only = "",
+               gpt2 = os.getenv("DPO_GPT2_DIR") or "build/tokenizer-ref",
+               hf = os.getenv("DPO_HF_DIR") or "build/hf-tokenizer-ref" }
 for _, a in ipairs(arg or {}) do
    local k, v = a:match("^%-%-([%w%-]+)=(.*)$")
    if not k or opts[k] == nil then error("unknown option " .. a .. " (see the head of the file)") end
@@ -143,6 +152,62 @@ local function bench_encode(name, make, text, docs)
    return ids
 end
 
+-- ---- Llama 3 on the HH sample, beside tiktoken's cl100k_base ---------------------------------
+
+local function bench_llama3()
+   local dir = opts.hf .. "/models/llama3"
+   if not io.open(dir .. "/tokenizer.json") then
+      print("Llama 3's tokenizer not found in " .. dir .. " (run tests/tokenizer/make_hf_reference.sh " ..
+            opts.hf .. "): left out")
+      return
+   end
+   local texts, nbytes = {}, 0
+   for rec in dpo.data.jsonl("examples/data/hh-sample") do
+      for _, k in ipairs({ "chosen", "rejected" }) do
+         texts[#texts + 1] = rec[k]
+         nbytes = nbytes + #rec[k]
+      end
+   end
+   print(string.format("Llama 3 (tokenizer.json), the HH sample: %d texts, %d bytes", #texts, nbytes))
+   local make = function() return dpo.tokenizer.load(dir) end
+   local batch = function(t) return t:encode_batch(texts, { add_special_tokens = false }) end
+   local before, ntok = dpo.get_num_threads(), 0
+   for _, nt in ipairs({ 1, 2 }) do
+      dpo.set_num_threads(nt)
+      local s, out = best_of(make, false, batch)
+      ntok = 0
+      for _, ids in ipairs(out) do ntok = ntok + ids:numel() end
+      row(string.format("dpolua Llama 3, %d thread%s, cold", nt, nt > 1 and "s" or ""), nbytes, s, ntok)
+      row(string.format("dpolua Llama 3, %d thread%s, warm", nt, nt > 1 and "s" or ""), nbytes,
+          (best_of(make, true, batch)), ntok)
+   end
+   dpo.set_num_threads(before)
+   local tmp = os.tmpname() .. ".json"
+   local f = assert(io.open(tmp, "wb"))
+   f:write(require("cjson").encode(texts))
+   f:close()
+   local p = io.popen(string.format("NODE_PATH='%s/node_modules' node examples/bench_tiktoken.js " ..
+                                    "'%s' %d cl100k_base 2>&1", opts.hf, tmp, opts.reps))
+   local out = p:read("a")
+   p:close()
+   os.remove(tmp)
+   local peer = out:match("^%b{}") and require("cjson").decode(out:match("^%b{}"))
+   if not peer then
+      print("tiktoken cl100k_base: not run (" .. out:gsub("\n.*", "") .. ")")
+      return
+   end
+   row("tiktoken cl100k_base, 1 thread", nbytes, peer.seconds, peer.tokens)
+   print("  (tiktoken " .. peer.version .. ", run by Node " ..
+         (io.popen("node --version"):read("l") or "?") .. ")")
+   print(string.format("Llama 3, 1 thread, cold: %.1fx tiktoken cl100k_base's MB/s (target >= 2x)",
+                       rows["dpolua Llama 3, 1 thread, cold"] / rows["tiktoken cl100k_base, 1 thread"]))
+end
+
+if opts.only == "llama3" then
+   bench_llama3()
+   return
+end
+
 print(string.format("dpolua %s tokenizer benchmark: %s MB of dialogue to encode, %s MB to " ..
                     "train on, %d threads", dpo.version, opts.mb, opts["train-mb"],
                     dpo.get_num_threads()))
@@ -178,6 +243,8 @@ else
    print("GPT-2's files not found in " .. opts.gpt2 ..
          " (run tests/tokenizer/make_reference.sh " .. opts.gpt2 .. "): GPT-2 and tiktoken left out")
 end
+
+bench_llama3()
 
 -- training, then the trained vocabulary
 local tt, train_text = time(function() return (dialogue(math.floor(opts["train-mb"] * 1e6), 2)) end)

@@ -7,7 +7,7 @@
 set -eu
 
 PACKAGES="cmake make gcc pkg-config libc6-dev
-liblua5.4-dev lua5.4 libopenblas-openmp-dev zlib1g-dev libreadline-dev libjansson-dev libutf8proc-dev
+liblua5.4-dev lua5.4 libopenblas-openmp-dev zlib1g-dev libreadline-dev libjansson-dev libutf8proc-dev libpcre2-dev
 lua-busted lua-cjson lua-filesystem tmux python3-jinja2
 libopenmpi-dev openmpi-bin
 clang libclang-rt-14-dev libomp-dev"

@@ -191,12 +191,19 @@ static int l_pretokenize(lua_State *L) {
 
 /* ---- methods ------------------------------------------------------------------------ */
 
-/* tok:encode(text [, {special = true}]) -> int32 tensor */
+/* encode's options at index i: special (match added tokens, default true)
+** and add_special_tokens (the post-processor's tokens, default true). */
+static int encode_flags(lua_State *L, int i) {
+    return (opt_flag(L, i, "special", 1) ? DPO_BPE_SPECIAL : 0) |
+           (opt_flag(L, i, "add_special_tokens", 1) ? DPO_BPE_ADD_SPECIAL : 0);
+}
+
+/* tok:encode(text [, {special = true, add_special_tokens = true}]) -> int32 tensor */
 static int l_encode(lua_State *L) {
     dpo_bpe *t = check(L, 1);
     size_t n;
     const char *s = luaL_checklstring(L, 2, &n);
-    int special = opt_flag(L, 3, "special", 1);
+    int special = encode_flags(L, 3);
     ids_box *b = new_ids_box(L, 1);
     dpo_error e;
     if (dpo_bpe_encode(t, s, n, special, &b->v[0], &e) != DPO_OK) return dpo_l_raise(L, &e, 0);
@@ -213,7 +220,7 @@ static int l_encode_batch(lua_State *L) {
     ids_box *b;
     dpo_error e;
     luaL_checktype(L, 2, LUA_TTABLE);
-    special = opt_flag(L, 3, "special", 1);
+    special = encode_flags(L, 3);
     texts = string_list(L, 2, &lens, &n, "text");
     b = new_ids_box(L, n);
     if (n && dpo_bpe_encode_batch(t, n, texts, lens, special, b->v, &e) != DPO_OK)
@@ -358,8 +365,9 @@ static int l_tostring(lua_State *L) {
         return 1;
     }
     luaL_buffinit(L, &b);
-    lua_pushfstring(L, "dpo.Tokenizer (byte-level BPE: %d tokens, %d merges",
-                    (int)dpo_bpe_vocab_size(*p), (int)dpo_bpe_num_merges(*p));
+    lua_pushfstring(L, "dpo.Tokenizer (%s: %d tokens, %d merges",
+                    dpo_bpe_byte_level(*p) ? "byte-level BPE" : "BPE", (int)dpo_bpe_vocab_size(*p),
+                    (int)dpo_bpe_num_merges(*p));
     luaL_addvalue(&b);
     for (int k = 0; k < dpo_bpe_num_added(*p) && shown < 8; k++) {
         int special;

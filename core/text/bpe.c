@@ -23,6 +23,7 @@
 ** the reference (dpo_bpe_word(.., fast = 0)) and tested against both.
 */
 #include "text/bpe_impl.h"
+#include "text/pipeline.h"
 
 #include <omp.h>
 #include <utf8proc.h>
@@ -294,8 +295,9 @@ dpo_bpe *bpe_new(dpo_error *e) {
     bpe_tables();
     if (!t) return (dpo_bpe *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for a tokenizer");
     for (int r = 0; r < DPO_BPE_NROLES; r++) t->role[r] = -1;
-    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    for (int b = 0; b < 256; b++) t->byte_id[b] = t->byte_fb[b] = -1;
     t->use_regex = 1;
+    t->byte_level = 1;
     return t;
 }
 
@@ -317,8 +319,21 @@ void dpo_bpe_free(dpo_bpe *t) {
     free(t->prank);
     free(t->added);
     free(t->amatch);
-    for (int i = 0; i < t->ncache; i++) cache_free(&t->cache[i]);
+    for (int i = 0; i < t->ncache; i++) {
+        cache_free(&t->cache[i]);
+        if (t->ws) tk_ws_free(t->ws[i]);
+    }
     free(t->cache);
+    free(t->ws);
+    tk_ops_free(t->norm);
+    tk_ops_free(t->pre);
+    tk_ops_free(t->dec);
+    free(t->post.item);
+    free(t->cprefix);
+    free(t->eow_suffix);
+    free(t->mstrs.p);
+    for (int k = 0; k < 4; k++) free(t->src[k]);
+    free(t->config);
     free(t);
 }
 
@@ -433,7 +448,10 @@ dpo_status bpe_set_token(dpo_bpe *t, int32_t id, const char *s, size_t n, int ad
         t->raws.n += (size_t)k;
         te->used = 2;
     }
-    if (added) te->added = 1;
+    if (added)
+        te->added = 1;
+    else
+        te->model = 1;
     return DPO_OK;
 nomem:
     dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the vocabulary", where);
@@ -479,8 +497,13 @@ dpo_status bpe_add_merge(dpo_bpe *t, int32_t a, int32_t b, const char *path, lon
     char b1[SHOWN + 4], wb[4200];
     sbuf cat = {0};
     int32_t x;
-    if (bpe_sbuf_add(&cat, bpe_tok_str(t, a), t->tok[a].str_len) ||
-        bpe_sbuf_add(&cat, bpe_tok_str(t, b), t->tok[b].str_len)) {
+    const char *sb = bpe_tok_str(t, b);
+    size_t nb = t->tok[b].str_len;
+    if (t->ncprefix && nb >= t->ncprefix && memcmp(sb, t->cprefix, t->ncprefix) == 0) {
+        sb += t->ncprefix; /* "a" + "##b" -> "ab" */
+        nb -= t->ncprefix;
+    }
+    if (bpe_sbuf_add(&cat, bpe_tok_str(t, a), t->tok[a].str_len) || bpe_sbuf_add(&cat, sb, nb)) {
         free(cat.p);
         dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the merges", path);
         return e->status;
@@ -516,6 +539,40 @@ static inline int32_t pair_rank(const dpo_bpe *t, int32_t a, int32_t b) {
 }
 
 static int cmp_added_len(const void *pa, const void *pb, void *ctx);
+
+/* The text each added token is matched as: its content, normalized when
+** the token says so and there is a normalizer (as Hugging Face does). */
+static int added_texts(dpo_bpe *t) {
+    tk_match *m = NULL;
+    sbuf tmp = {0};
+    int r = 0;
+    t->mstrs.n = 0;
+    t->has_norm_added = 0;
+    for (int k = 0; k < t->nadded && r == 0; k++) {
+        added_tok *a = &t->added[k];
+        const char *c = bpe_tok_str(t, a->id);
+        size_t cn = t->tok[a->id].str_len;
+        if (t->norm && a->normalized) {
+            if (!m && !(m = tk_match_new())) {
+                r = -1;
+                break;
+            }
+            if (tk_norm_apply(t->norm, m, c, cn, &tmp)) {
+                r = -1;
+                break;
+            }
+            c = tmp.p;
+            cn = tmp.n;
+            t->has_norm_added = 1;
+        }
+        a->moff = t->mstrs.n;
+        a->mlen = (uint32_t)cn;
+        r = bpe_sbuf_add(&t->mstrs, c, cn);
+    }
+    tk_match_free(m);
+    free(tmp.p);
+    return r;
+}
 
 /* Roles by the usual names, for those a file left unset. */
 void bpe_default_roles(dpo_bpe *t, const int *explicit_role) {
@@ -567,13 +624,26 @@ dpo_status bpe_finish(dpo_bpe *t, const char *where, dpo_error *e) {
         t->pkey[i] = k;
         t->prank[i] = r;
     }
+    for (int b = 0; b < 256; b++) { /* byte_fallback's <0xNN> tokens */
+        char s[8];
+        int32_t id;
+        snprintf(s, sizeof s, "<0x%02X>", b);
+        id = bpe_vmap_find(t, s, 6);
+        t->byte_fb[b] = (id >= 0 && t->tok[id].model) ? id : -1;
+    }
+    if (added_texts(t) != 0) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory for the added tokens", where);
+        return e->status;
+    }
     memset(t->afirst, 0, sizeof t->afirst);
     t->afirst_only = -1;
-    for (int k = 0; k < t->nadded; k++) {
+    for (int k = 0, seen = 0; k < t->nadded; k++) {
+        unsigned char b;
         t->amatch[k] = k;
-        unsigned char b = (unsigned char)bpe_tok_str(t, t->added[k].id)[0];
+        if (t->added[k].mlen == 0) continue; /* normalized to nothing: never matched */
+        b = (unsigned char)t->mstrs.p[t->added[k].moff];
         t->afirst[b] = 1;
-        t->afirst_only = (k == 0 || t->afirst_only == b) ? b : -2;
+        t->afirst_only = (!seen++ || t->afirst_only == b) ? b : -2;
     }
     /* insertion sort, stable: few added tokens */
     for (int k = 1; k < t->nadded; k++) {
@@ -589,8 +659,8 @@ dpo_status bpe_finish(dpo_bpe *t, const char *where, dpo_error *e) {
 
 static int cmp_added_len(const void *pa, const void *pb, void *ctx) {
     const dpo_bpe *t = (const dpo_bpe *)ctx;
-    uint32_t la = t->tok[t->added[*(const int *)pa].id].str_len;
-    uint32_t lb = t->tok[t->added[*(const int *)pb].id].str_len;
+    uint32_t la = t->added[*(const int *)pa].mlen;
+    uint32_t lb = t->added[*(const int *)pb].mlen;
     return la < lb ? 1 : la > lb ? -1 : 0;
 }
 
@@ -736,18 +806,89 @@ static int32_t whole_word(const dpo_bpe *t, const unsigned char *w, size_t n) {
     return id;
 }
 
+/* A token of the model's vocabulary (not an added-only token), or -1. */
+static int32_t model_find(const dpo_bpe *t, const char *s, size_t n) {
+    int32_t id = bpe_vmap_find(t, s, n);
+    return (id >= 0 && t->tok[id].model) ? id : -1;
+}
+
+/*
+** The initial symbols of a word whose characters are the model's own (not
+** byte-level): each character (with continuing_subword_prefix after the
+** first, end_of_word_suffix on the last) is a token, else its bytes' <0xNN>
+** tokens (byte_fallback), else the unknown token, runs of which are fused
+** (fuse_unk); as Hugging Face's BPE::merge_word, the pending unknown token
+** waiting through byte-fallback tokens included. A byte that is not UTF-8
+** is a character of its own. sym has room for n; returns the count, -1: memory.
+*/
+static long char_symbols(const dpo_bpe *t, const unsigned char *w, size_t n, int32_t *sym) {
+    char stack[64], *buf = stack;
+    size_t cap = sizeof stack, m = 0;
+    int32_t unk = t->role[DPO_BPE_UNK], pend = -1;
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t l = utf8proc_iterate(w + i, (utf8proc_ssize_t)(n - i), &c);
+        size_t len = l > 0 ? (size_t)l : 1, k = 0, need;
+        int pre = i > 0 && t->ncprefix, suf = i + len == n && t->neow;
+        int32_t id;
+        need = len + (pre ? t->ncprefix : 0) + (suf ? t->neow : 0);
+        if (need > cap) {
+            char *q = (char *)malloc(need);
+            if (!q) {
+                if (buf != stack) free(buf);
+                return -1;
+            }
+            if (buf != stack) free(buf);
+            buf = q;
+            cap = need;
+        }
+        if (pre) memcpy(buf, t->cprefix, t->ncprefix), k = t->ncprefix;
+        memcpy(buf + k, w + i, len), k += len;
+        if (suf) memcpy(buf + k, t->eow_suffix, t->neow), k += t->neow;
+        i += len;
+        if ((id = model_find(t, buf, k)) >= 0) {
+            if (pend >= 0) sym[m++] = pend, pend = -1;
+            sym[m++] = id;
+            continue;
+        }
+        if (t->byte_fallback) {
+            size_t q = 0;
+            while (q < k && t->byte_fb[(unsigned char)buf[q]] >= 0) q++;
+            if (q == k) {
+                for (q = 0; q < k; q++) sym[m++] = t->byte_fb[(unsigned char)buf[q]];
+                continue;
+            }
+        }
+        if (unk >= 0) {
+            if (pend >= 0 && !t->fuse_unk) sym[m++] = pend;
+            pend = unk;
+        }
+    }
+    if (pend >= 0) sym[m++] = pend;
+    if (buf != stack) free(buf);
+    return (long)m;
+}
+
 /* Append the BPE tokens of word w to out. -1: out of memory. */
 static int word_tokens(const dpo_bpe *t, const unsigned char *w, size_t n, int fast,
                        dpo_bpe_ids *out) {
     int32_t *sym;
-    size_t m;
+    size_t m, room = n;
     if (t->ignore_merges) {
-        int32_t id = whole_word(t, w, n);
-        if (id >= 0) return ids_push(out, id);
+        int32_t id = t->byte_level ? whole_word(t, w, n) : model_find(t, (const char *)w, n);
+        if (id >= 0 && t->tok[id].model) return ids_push(out, id);
     }
-    if (ids_reserve(out, n)) return -1;
+    /* char mode: a symbol per byte at most, plus the affixes' bytes */
+    if (!t->byte_level) room = n * (1 + t->ncprefix + t->neow) + t->neow + 1;
+    if (ids_reserve(out, room)) return -1;
     sym = out->ids + out->n;
-    m = initial_symbols(t, w, n, sym);
+    if (t->byte_level) {
+        m = initial_symbols(t, w, n, sym);
+    } else {
+        long k = char_symbols(t, w, n, sym);
+        if (k < 0) return -1;
+        m = (size_t)k;
+    }
     if (!fast) {
         int32_t *tmp = (int32_t *)malloc((m + 1) * sizeof *tmp);
         if (!tmp) return -1;
@@ -831,7 +972,7 @@ static int encode_piece(const dpo_bpe *t, bpe_cache *c, const unsigned char *w, 
                         dpo_bpe_ids *out) {
     uint64_t h = 0;
     size_t before;
-    if (n == 1) {
+    if (n == 1 && t->byte_level) {
         int32_t id = t->byte_id[w[0]];
         if (id < 0) id = t->role[DPO_BPE_UNK];
         return id >= 0 ? ids_push(out, id) : 0;
@@ -903,8 +1044,8 @@ static int is_word_char(const unsigned char *s, size_t n, size_t i) {
 ** [*ms, *me) the span it takes (with the whitespace lstrip / rstrip take)
 ** and *id, or 0.
 */
-static int find_added(const dpo_bpe *t, const unsigned char *s, size_t n, size_t from, size_t *ms,
-                      size_t *me, int32_t *id) {
+static int find_added(const dpo_bpe *t, int pass, const unsigned char *s, size_t n, size_t from,
+                      size_t *ms, size_t *me, int32_t *id) {
     for (size_t p = from; p < n; p++) {
         if (t->afirst_only >= 0) { /* one first byte, as GPT-2's '<': memchr */
             const unsigned char *q = (const unsigned char *)memchr(s + p, t->afirst_only, n - p);
@@ -915,8 +1056,9 @@ static int find_added(const dpo_bpe *t, const unsigned char *s, size_t n, size_t
         }
         for (int k = 0; k < t->nadded; k++) {
             const added_tok *a = &t->added[t->amatch[k]];
-            size_t len = t->tok[a->id].str_len, st;
-            if (len > n - p || memcmp(bpe_tok_str(t, a->id), s + p, len) != 0) continue;
+            size_t len = a->mlen, st;
+            if (pass && a->normalized != (pass == 2)) continue;
+            if (len == 0 || len > n - p || memcmp(t->mstrs.p + a->moff, s + p, len) != 0) continue;
             if (a->single_word) {
                 if (p > from && is_word_char(s, n, p - 1)) {
                     size_t q;
@@ -940,12 +1082,66 @@ static int find_added(const dpo_bpe *t, const unsigned char *s, size_t n, size_t
     return 0;
 }
 
-static int encode_text(const dpo_bpe *t, bpe_cache *c, const unsigned char *s, size_t n,
+/* ---- the tokenizer.json pipeline ------------------------------------------------------ */
+
+/* Pre-tokenize s[0..n) (normalized) and run the model on each piece. */
+static int encode_pieces(const dpo_bpe *t, bpe_cache *c, tk_ws *w, const unsigned char *s, size_t n,
+                         int first, dpo_bpe_ids *out) {
+    const tk_pieces *pc;
+    const unsigned char *b;
+    if (n == 0) return 0;
+    if (!t->pre) return encode_piece(t, c, s, n, out);
+    if (tk_pre_apply(t->pre, w, (const char *)s, n, first)) return -1;
+    pc = &w->pcs[w->cp];
+    b = (const unsigned char *)w->buf[w->cb].p;
+    for (size_t k = 0; k < pc->n; k++)
+        if (encode_piece(t, c, b + pc->p[k].off, pc->p[k].len, out)) return -1;
+    return 0;
+}
+
+/* A text between added tokens: normalize, match the normalized added tokens
+** (special) in it, encode the rest. first: it starts the input. */
+static int encode_segment(const dpo_bpe *t, bpe_cache *c, tk_ws *w, const unsigned char *s,
+                          size_t n, int first, int special, dpo_bpe_ids *out) {
+    size_t start = 0, ms, me, nn;
+    const unsigned char *x;
+    int32_t id;
+    if (n == 0) return 0;
+    if (!t->norm) return encode_pieces(t, c, w, s, n, first, out);
+    if (tk_norm_apply(t->norm, w->m, (const char *)s, n, &w->norm)) return -1;
+    /* the pieces' buffers are reused below: work on a copy of the normalized text */
+    if (bpe_sbuf_reserve(&w->norm2, w->norm.n)) return -1;
+    memcpy(w->norm2.p, w->norm.p, w->norm.n);
+    w->norm2.n = nn = w->norm.n;
+    x = (const unsigned char *)w->norm2.p;
+    if (special && t->has_norm_added)
+        while (start < nn && find_added(t, 2, x, nn, start, &ms, &me, &id)) {
+            if (encode_pieces(t, c, w, x + start, ms - start, first && start == 0, out) ||
+                ids_push(out, id))
+                return -1;
+            start = me;
+        }
+    return encode_pieces(t, c, w, x + start, nn - start, first && start == 0, out);
+}
+
+static int encode_text(const dpo_bpe *t, bpe_cache *c, tk_ws *w, const unsigned char *s, size_t n,
                        int special, dpo_bpe_ids *out) {
     size_t start = 0, ms, me;
     int32_t id;
+    int pass = t->norm ? 1 : 0;
+    if (t->pipeline) {
+        if (!w) return -1;
+        if (special && t->nadded)
+            while (start < n && find_added(t, pass, s, n, start, &ms, &me, &id)) {
+                if (encode_segment(t, c, w, s + start, ms - start, start == 0, special, out) ||
+                    ids_push(out, id))
+                    return -1;
+                start = me;
+            }
+        return encode_segment(t, c, w, s + start, n - start, start == 0, special, out);
+    }
     if (!special || t->nadded == 0) return encode_plain(t, c, s, n, out);
-    while (start < n && find_added(t, s, n, start, &ms, &me, &id)) {
+    while (start < n && find_added(t, 0, s, n, start, &ms, &me, &id)) {
         if (encode_plain(t, c, s + start, ms - start, out) || ids_push(out, id)) return -1;
         start = me;
     }
@@ -954,27 +1150,52 @@ static int encode_text(const dpo_bpe *t, bpe_cache *c, const unsigned char *s, s
 
 static int ensure_caches(dpo_bpe *t, int k) {
     bpe_cache *c;
+    tk_ws **w;
     if (k <= t->ncache) return 0;
+    w = (tk_ws **)realloc(t->ws, (size_t)k * sizeof *w);
+    if (!w) return -1;
+    t->ws = w;
+    for (int i = t->ncache; i < k; i++) w[i] = NULL;
+    if (t->pipeline)
+        for (int i = t->ncache; i < k; i++)
+            if (!(w[i] = tk_ws_new())) {
+                for (int q = t->ncache; q < i; q++) tk_ws_free(w[q]), w[q] = NULL;
+                return -1;
+            }
     c = (bpe_cache *)realloc(t->cache, (size_t)k * sizeof *c);
-    if (!c) return -1;
+    if (!c) {
+        for (int q = t->ncache; q < k; q++) tk_ws_free(w[q]), w[q] = NULL;
+        return -1;
+    }
     memset(c + t->ncache, 0, (size_t)(k - t->ncache) * sizeof *c);
     t->cache = c;
     t->ncache = k;
     return 0;
 }
 
-dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int special, dpo_bpe_ids *out,
+/* One text, then the post-processor's tokens around it when asked. */
+static int encode_one(const dpo_bpe *t, bpe_cache *c, tk_ws *w, const unsigned char *s, size_t n,
+                      int flags, dpo_bpe_ids *out) {
+    size_t start = out->n;
+    if (encode_text(t, c, w, s, n, flags & DPO_BPE_SPECIAL, out)) return -1;
+    return (flags & DPO_BPE_ADD_SPECIAL) ? tk_post_apply(&t->post, out, start) : 0;
+}
+
+dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int flags, dpo_bpe_ids *out,
                           dpo_error *e) {
-    bpe_cache *c = ensure_caches(t, 1) ? NULL : &t->cache[0];
-    if (encode_text(t, c, (const unsigned char *)s, n, special, out)) {
-        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory encoding %zu bytes", n);
+    int ok = ensure_caches(t, 1) == 0;
+    bpe_cache *c = ok ? &t->cache[0] : NULL;
+    tk_ws *w = ok ? t->ws[0] : NULL;
+    if (encode_one(t, c, w, (const unsigned char *)s, n, flags, out)) {
+        dpo_fail(e, DPO_ERR_MEM, 0,
+                 "out of memory encoding %zu bytes (or a regex ran past PCRE2's match limits)", n);
         return e->status;
     }
     return DPO_OK;
 }
 
 dpo_status dpo_bpe_encode_batch(dpo_bpe *t, size_t count, const char *const *texts,
-                                const size_t *lens, int special, dpo_bpe_ids *outs, dpo_error *e) {
+                                const size_t *lens, int flags, dpo_bpe_ids *outs, dpo_error *e) {
     int nt = omp_get_max_threads(), failed = 0;
     if ((size_t)nt > count) nt = (int)count;
     if (nt < 1) nt = 1;
@@ -985,15 +1206,19 @@ dpo_status dpo_bpe_encode_batch(dpo_bpe *t, size_t count, const char *const *tex
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
     for (long k = 0; k < (long)count; k++) {
         bpe_cache *c = &t->cache[omp_get_thread_num()];
+        tk_ws *w = t->ws[omp_get_thread_num()];
         dpo_bpe_ids v = outs[k]; /* a local copy: neighbours in outs share cache lines */
-        if (encode_text(t, c, (const unsigned char *)texts[k], lens[k], special, &v)) {
+        if (encode_one(t, c, w, (const unsigned char *)texts[k], lens[k], flags, &v)) {
 #pragma omp atomic write
             failed = 1;
         }
         outs[k] = v;
     }
     if (failed) {
-        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory encoding a batch of %zu texts", count);
+        dpo_fail(e, DPO_ERR_MEM, 0,
+                 "out of memory encoding a batch of %zu texts (or a regex ran past PCRE2's "
+                 "match limits)",
+                 count);
         return e->status;
     }
     return DPO_OK;
@@ -1004,6 +1229,54 @@ static int is_special(const dpo_bpe *t, int32_t id) {
     for (int k = 0; k < t->nadded; k++)
         if (t->added[k].id == id) return t->added[k].special;
     return 0;
+}
+
+/* Through tokenizer.json's decoders: the tokens' strings, then the chain. */
+static char *decode_chain(const dpo_bpe *t, const int32_t *ids, size_t n, int skip_special,
+                          size_t *len, dpo_error *e) {
+    const char **strs = (const char **)malloc((n + 1) * sizeof *strs);
+    size_t *lens = (size_t *)malloc((n + 1) * sizeof *lens), k = 0;
+    tk_match *m = tk_match_new();
+    char *out = NULL;
+    if (strs && lens && m) {
+        for (size_t i = 0; i < n; i++) {
+            const tok_entry *te = &t->tok[ids[i]];
+            int norm = 0;
+            strs[k] = bpe_tok_str(t, ids[i]);
+            lens[k] = te->str_len;
+            /* a token matched after normalizing decodes from its normalized
+               form, so the decoder undoes the normalizer; and, as in Hugging
+               Face's, that form is not skipped as special unless it is the
+               content itself */
+            for (int q = 0; te->added && t->has_norm_added && q < t->nadded; q++)
+                if (t->added[q].id == ids[i] && t->added[q].normalized) {
+                    strs[k] = t->mstrs.p + t->added[q].moff;
+                    lens[k] = t->added[q].mlen;
+                    norm =
+                        lens[k] != te->str_len || memcmp(strs[k], bpe_tok_str(t, ids[i]), lens[k]);
+                }
+            if (skip_special && te->added && !norm && is_special(t, ids[i])) continue;
+            k++;
+        }
+        if (t->dec_join) { /* no decoder: the tokens joined by spaces */
+            size_t total = 0;
+            for (size_t q = 0; q < k; q++) total += lens[q] + 1;
+            if ((out = (char *)malloc(total + 1)) != NULL) {
+                *len = 0;
+                for (size_t q = 0; q < k; q++) {
+                    if (q) out[(*len)++] = ' ';
+                    memcpy(out + *len, strs[q], lens[q]);
+                    *len += lens[q];
+                }
+                out[*len] = '\0';
+            }
+        } else {
+            out = tk_dec_apply(t->dec, m, strs, lens, k, len);
+        }
+    }
+    free(strs), free(lens), tk_match_free(m);
+    if (!out) return (char *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory decoding %zu ids", n);
+    return out;
 }
 
 char *dpo_bpe_decode(const dpo_bpe *t, const int32_t *ids, size_t n, int skip_special, size_t *len,
@@ -1021,6 +1294,7 @@ char *dpo_bpe_decode(const dpo_bpe *t, const int32_t *ids, size_t n, int skip_sp
                                     (long)id);
         total += t->tok[id].raw_len;
     }
+    if (t->dec || t->dec_join) return decode_chain(t, ids, n, skip_special, len, e);
     out = (char *)malloc(total + 1);
     if (!out) return (char *)dpo_fail(e, DPO_ERR_MEM, 0, "out of memory decoding %zu ids", n);
     for (size_t i = 0; i < n; i++) {
@@ -1042,6 +1316,10 @@ int32_t dpo_bpe_vocab_size(const dpo_bpe *t) {
 
 int32_t dpo_bpe_num_merges(const dpo_bpe *t) {
     return t->nmerges;
+}
+
+int dpo_bpe_byte_level(const dpo_bpe *t) {
+    return t->byte_level;
 }
 
 int32_t dpo_bpe_token_to_id(const dpo_bpe *t, const char *s, size_t n) {

@@ -1,24 +1,35 @@
 /*
-** bpe.h: byte-level BPE tokenizers.
+** bpe.h: BPE tokenizers.
 **
 ** One object, dpo_bpe, covers GPT-2's tokenizer (vocab.json + merges.txt,
 ** or encoder.json + vocab.bpe), Hugging Face tokenizer.json files with a BPE
-** model and the ByteLevel pre-tokenizer and decoder, the 256-byte tokenizer
-** for models trained from scratch, and tokenizers trained here on a corpus.
+** model (Llama 2 and 3, Qwen2.5 and 3, Gemma 2 and 3, Mistral, SmolLM2,
+** GPT-2, ...), the 256-byte tokenizer for models trained from scratch, and
+** tokenizers trained here on a corpus. WordPiece and Unigram models are
+** refused by name.
 **
-** Encoding is GPT-2's: added/special tokens are matched first, the rest is
-** split by GPT-2's pattern (a scanner over code points, categories from
-** utf8proc), each piece's bytes are BPE-merged by rank. Ids are 0-based.
-** Invalid UTF-8: every byte that does not start a valid sequence is a code
-** unit of its own in the class "other symbol" (with punctuation), so it
-** joins a neighbouring run of symbols; its byte token keeps the round trip
-** exact. decode(encode(s)) == s for every byte string s when the tokenizer
-** has all 256 byte tokens and does not add a prefix space.
+** GPT-2's layout (no normalizer, a ByteLevel pre-tokenizer) is encoded as
+** GPT-2 does: added/special tokens are matched first, the rest is split by
+** GPT-2's pattern (a scanner over code points, categories from utf8proc),
+** each piece's bytes are BPE-merged by rank. Any other tokenizer.json goes
+** through its stages as Hugging Face's tokenizers does (pipeline.h):
+** added tokens, normalizer, pre-tokenizer (regexes by PCRE2), the model
+** (byte-level or on characters, with byte_fallback, unk fusing, ignore_merges,
+** subword affixes), the post-processor when DPO_BPE_ADD_SPECIAL is asked,
+** and the decoders; the ids are Hugging Face's (tests/spec/hf_tokenizer_spec).
+** Ids are 0-based.
+** Invalid UTF-8 (GPT-2's path): every byte that does not start a valid
+** sequence is a code unit of its own in the class "other symbol" (with
+** punctuation), so it joins a neighbouring run of symbols; its byte token
+** keeps the round trip exact. decode(encode(s)) == s for every byte string s
+** when the tokenizer has all 256 byte tokens and does not add a prefix
+** space. In the other pipelines such bytes pass the normalizers unchanged
+** and are pieces of their own.
 **
 ** Ownership: constructors return a new dpo_bpe (or NULL with e filled);
-** dpo_bpe_free releases it. An encode call uses the tokenizer's word cache,
-** so one tokenizer serves one caller at a time; dpo_bpe_encode_batch runs
-** its OpenMP threads with a cache each.
+** dpo_bpe_free releases it. An encode call uses the tokenizer's word cache
+** and scratch space, so one tokenizer serves one caller at a time;
+** dpo_bpe_encode_batch runs its OpenMP threads with a cache each.
 */
 #ifndef DPO_BPE_H
 #define DPO_BPE_H
@@ -51,10 +62,12 @@ typedef enum {
 
 /* A tokenizer.json file, or a directory holding tokenizer.json, or
 ** vocab.json + merges.txt, or encoder.json + vocab.bpe. A directory's
-** tokenizer_config.json / special_tokens_map.json name the eos/bos/pad
-** tokens; otherwise the usual names (<|endoftext|>, </s>, <s>, <pad>) do. */
+** tokenizer_config.json / special_tokens_map.json name the eos/bos/pad/unk
+** tokens (strings or AddedToken objects); otherwise the usual names
+** (<|endoftext|>, </s>, <s>, <pad>) do. tokenizer_config.json is kept and
+** written back by dpo_bpe_save (chat_template and all). */
 dpo_bpe *dpo_bpe_load(const char *path, dpo_error *e);
-/* A Hugging Face tokenizer.json (model BPE, pre-tokenizer and decoder ByteLevel). */
+/* A Hugging Face tokenizer.json with a BPE model. */
 dpo_bpe *dpo_bpe_load_json(const char *path, dpo_error *e);
 /* GPT-2's pair of files: a JSON object token -> id, and the ranked merges. */
 dpo_bpe *dpo_bpe_load_gpt2(const char *vocab_path, const char *merges_path, dpo_error *e);
@@ -87,14 +100,17 @@ dpo_bpe *dpo_bpe_train(const dpo_bpe_corpus *c, const dpo_bpe_train_opts *o, dpo
 
 void dpo_bpe_free(dpo_bpe *t);
 
-/* Write a tokenizer.json Hugging Face's tokenizers reads. When path is a
-** directory: path/tokenizer.json and path/tokenizer_config.json. Written to
-** a temporary name, flushed and renamed. */
+/* Write a tokenizer.json Hugging Face's tokenizers reads (the stages as
+** they were read). When path is a directory: path/tokenizer.json and
+** path/tokenizer_config.json (the one read, roles updated, or a new one).
+** Written to a temporary name, flushed and renamed. */
 dpo_status dpo_bpe_save(const dpo_bpe *t, const char *path, dpo_error *e);
 
 /* ---- facts --------------------------------------------------------------------- */
 int32_t dpo_bpe_vocab_size(const dpo_bpe *t); /* 1 + the largest id */
 int32_t dpo_bpe_num_merges(const dpo_bpe *t);
+/* 1 when the model reads bytes through GPT-2's alphabet, 0 when characters. */
+int dpo_bpe_byte_level(const dpo_bpe *t);
 /* The id of a token (its vocabulary string, byte-level form), or -1. */
 int32_t dpo_bpe_token_to_id(const dpo_bpe *t, const char *s, size_t n);
 /* The vocabulary string of id (not NUL-terminated; *n its length), or NULL. */
@@ -110,13 +126,17 @@ int32_t dpo_bpe_added(const dpo_bpe *t, int k, int *special);
 
 /* ---- encoding and decoding ------------------------------------------------------- */
 
-/* Append the ids of s[0..n) to out. special = 0: added tokens are not
-** matched (their text is encoded as ordinary text). */
-dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int special, dpo_bpe_ids *out,
+/* encode's flags: match added tokens in the text (else their text is
+** encoded as ordinary text); put the post-processor's tokens around the
+** ids (Hugging Face's add_special_tokens, e.g. Llama's <s>). */
+enum { DPO_BPE_SPECIAL = 1, DPO_BPE_ADD_SPECIAL = 2 };
+
+/* Append the ids of s[0..n) to out; flags as above (1: GPT-2's usual). */
+dpo_status dpo_bpe_encode(dpo_bpe *t, const char *s, size_t n, int flags, dpo_bpe_ids *out,
                           dpo_error *e);
 /* outs[k] gets the ids of texts[k] (appended); threads over the texts. */
 dpo_status dpo_bpe_encode_batch(dpo_bpe *t, size_t count, const char *const *texts,
-                                const size_t *lens, int special, dpo_bpe_ids *outs, dpo_error *e);
+                                const size_t *lens, int flags, dpo_bpe_ids *outs, dpo_error *e);
 /* The bytes of ids[0..n), malloc'd and NUL-terminated (*len without the
 ** NUL); skip_special drops special tokens. An unknown id fails (arg 1). */
 char *dpo_bpe_decode(const dpo_bpe *t, const int32_t *ids, size_t n, int skip_special, size_t *len,

@@ -12,6 +12,7 @@
 ** bpe.c's; this file fills it through bpe_impl.h.
 */
 #include "text/bpe_impl.h"
+#include "text/pipeline.h"
 #include "base/io.h"
 
 #include <jansson.h>
@@ -85,18 +86,24 @@ static char *read_file(const char *path, size_t *len, dpo_error *e) {
     return b.p;
 }
 
-static json_t *parse_json(const char *path, dpo_error *e) {
+/* flags: 0, or JSON_DECODE_INT_AS_REAL for files with huge integers
+** (tokenizer_config.json's model_max_length of 1e30). */
+static json_t *parse_json_flags(const char *path, size_t flags, dpo_error *e) {
     size_t n;
     json_error_t je;
     json_t *j;
     char *s = read_file(path, &n, e);
     if (!s) return NULL;
-    j = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
+    j = json_loadb(s, n, JSON_REJECT_DUPLICATES | flags, &je);
     free(s);
     if (!j)
         return (json_t *)dpo_fail(e, DPO_ERR_ARG, 0, "%s:%d:%d: %s", path, je.line, je.column,
                                   je.text);
     return j;
+}
+
+static json_t *parse_json(const char *path, dpo_error *e) {
+    return parse_json_flags(path, 0, e);
 }
 
 static int is_dir(const char *p) {
@@ -118,14 +125,6 @@ static char *join(const char *dir, const char *name) {
     p[a] = '/';
     memcpy(p + a + 1, name, b + 1);
     return p;
-}
-
-/* The "type" of a tokenizer.json component, NULL when it is null or absent. */
-static const char *component_type(json_t *root, const char *key) {
-    json_t *c = json_object_get(root, key), *ty;
-    if (!c || json_is_null(c)) return NULL;
-    ty = json_object_get(c, "type");
-    return json_is_string(ty) ? json_string_value(ty) : "(no type)";
 }
 
 /* An id from JSON: an integer in 0..MAX_ID-1, else a message and -1. */
@@ -162,8 +161,53 @@ static int flag(json_t *o, const char *key) {
     return json_is_true(json_object_get(o, key));
 }
 
+static const char *const stage_key[4] = {"normalizer", "pre_tokenizer", "post_processor",
+                                         "decoder"};
+
+/* A component that is exactly {"type": "ByteLevel", ...}. */
+static int is_bytelevel(json_t *c) {
+    json_t *ty = json_object_get(c, "type");
+    return json_is_string(ty) && strcmp(json_string_value(ty), "ByteLevel") == 0;
+}
+
+/*
+** The normalizer, pre-tokenizer and decoder (the post-processor comes once
+** the vocabulary is in), and each component's JSON kept for saving. GPT-2's
+** own layout (no normalizer, one ByteLevel pre-tokenizer) keeps GPT-2's fast
+** path; anything else goes through the pipeline. A ByteLevel decoder alone
+** is GPT-2's byte decoding.
+*/
+static dpo_status read_stages(dpo_bpe *t, const char *path, json_t *root, dpo_error *e) {
+    json_t *norm = json_object_get(root, "normalizer"),
+           *pre = json_object_get(root, "pre_tokenizer");
+    json_t *dec = json_object_get(root, "decoder"), *j;
+    for (int k = 0; k < 4; k++) {
+        json_t *c = json_object_get(root, stage_key[k]);
+        if (!c || json_is_null(c)) continue;
+        if (!(t->src[k] = json_dumps(c, JSON_COMPACT))) {
+            dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", path);
+            return e->status;
+        }
+    }
+    if (norm && !json_is_null(norm) && !(t->norm = tk_norm_parse(norm, path, e))) return e->status;
+    if (pre && !json_is_null(pre) && is_bytelevel(pre) && !t->norm) {
+        t->add_prefix_space = flag(pre, "add_prefix_space");
+        j = json_object_get(pre, "use_regex");
+        t->use_regex = j ? json_is_true(j) : 1;
+    } else {
+        t->pipeline = 1;
+        t->byte_level = 0;
+        if (pre && !json_is_null(pre) && !(t->pre = tk_pre_parse(pre, &t->byte_level, path, e)))
+            return e->status;
+    }
+    if (dec && !json_is_null(dec) && !is_bytelevel(dec) && !(t->dec = tk_dec_parse(dec, path, e)))
+        return e->status;
+    t->dec_join = t->pipeline && (!dec || json_is_null(dec));
+    return DPO_OK;
+}
+
 static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo_error *e) {
-    json_t *model, *vocab, *merges, *added, *pre, *j, *v;
+    json_t *model, *vocab, *merges, *added, *j, *v;
     const char *ty;
     size_t idx;
     if (!json_is_object(root) || !json_is_object(model = json_object_get(root, "model")))
@@ -172,29 +216,13 @@ static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo
     ty = json_is_string(j) ? json_string_value(j) : NULL;
     if (!ty && !json_object_get(model, "merges")) goto not_tokenizer;
     if (ty && strcmp(ty, "BPE") != 0) {
-        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported model type '%s' (only BPE is supported)", path,
-                 ty);
+        dpo_fail(e, DPO_ERR_ARG, 0,
+                 "%s: unsupported model type '%s' (only BPE is supported; WordPiece and "
+                 "Unigram tokenizers are not)",
+                 path, ty);
         return e->status;
     }
-    if ((ty = component_type(root, "normalizer")) != NULL) {
-        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported normalizer '%s' (only none)", path, ty);
-        return e->status;
-    }
-    ty = component_type(root, "pre_tokenizer");
-    if (!ty || strcmp(ty, "ByteLevel") != 0) {
-        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported pre_tokenizer '%s' (only ByteLevel)", path,
-                 ty ? ty : "none");
-        return e->status;
-    }
-    ty = component_type(root, "decoder");
-    if (ty && strcmp(ty, "ByteLevel") != 0) {
-        dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported decoder '%s' (only ByteLevel)", path, ty);
-        return e->status;
-    }
-    pre = json_object_get(root, "pre_tokenizer");
-    t->add_prefix_space = flag(pre, "add_prefix_space");
-    j = json_object_get(pre, "use_regex");
-    t->use_regex = j ? json_is_true(j) : 1;
+    if (read_stages(t, path, root, e) != DPO_OK) return e->status;
     j = json_object_get(model, "dropout");
     if (j && !json_is_null(j) && !(json_is_number(j) && json_number_value(j) <= 0.0)) {
         dpo_fail(e, DPO_ERR_ARG, 0, "%s: BPE dropout is not supported", path);
@@ -202,12 +230,17 @@ static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo
     }
     for (int k = 0; k < 2; k++) {
         const char *key = k ? "end_of_word_suffix" : "continuing_subword_prefix";
+        char **dst = k ? &t->eow_suffix : &t->cprefix;
+        size_t *len = k ? &t->neow : &t->ncprefix;
         j = json_object_get(model, key);
-        if (j && !json_is_null(j) && !(json_is_string(j) && json_string_length(j) == 0)) {
-            dpo_fail(e, DPO_ERR_ARG, 0, "%s: unsupported %s (only none)", path, key);
+        if (!j || json_is_null(j) || (json_is_string(j) && json_string_length(j) == 0)) continue;
+        if (tk_strdup_field(model, key, dst, len)) {
+            dpo_fail(e, DPO_ERR_ARG, 0, "%s: the model's %s is not a string", path, key);
             return e->status;
         }
     }
+    t->byte_fallback = flag(model, "byte_fallback");
+    t->fuse_unk = flag(model, "fuse_unk");
     t->ignore_merges = flag(model, "ignore_merges");
     vocab = json_object_get(model, "vocab");
     if (!json_is_object(vocab)) {
@@ -265,6 +298,8 @@ static dpo_status fill_from_json(dpo_bpe *t, const char *path, json_t *root, dpo
     j = json_object_get(model, "unk_token");
     if (json_is_string(j))
         t->role[DPO_BPE_UNK] = bpe_vmap_find(t, json_string_value(j), json_string_length(j));
+    j = json_object_get(root, "post_processor");
+    if (j && !json_is_null(j) && tk_post_parse(j, t, &t->post, path, e) != DPO_OK) return e->status;
     return bpe_finish(t, path, e);
 not_tokenizer:
     dpo_fail(e, DPO_ERR_ARG, 0, "%s: not a tokenizer.json (no \"model\" object with a type)", path);
@@ -360,7 +395,14 @@ static dpo_status read_roles(dpo_bpe *t, const char *dir, int *explicit_role, dp
             free(path);
             continue;
         }
-        root = parse_json(path, e);
+        root = parse_json_flags(path, JSON_DECODE_INT_AS_REAL, e);
+        if (root && f == 1 && json_is_object(root) && !t->config &&
+            !(t->config = json_dumps(root, JSON_COMPACT))) {
+            json_decref(root);
+            free(path);
+            dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+            return e->status;
+        }
         if (!root || !json_is_object(root)) {
             if (root) dpo_fail(e, DPO_ERR_ARG, 0, "%s: not a JSON object", path);
             json_decref(root);
@@ -427,6 +469,91 @@ done:
     return t;
 }
 
+/* {"SpecialToken": {"id": name, "type_id": k}} */
+static json_t *tpl_special(const dpo_bpe *t, int32_t id, int k) {
+    return json_pack("{s{ss%si}}", "SpecialToken", "id", bpe_tok_str(t, id),
+                     (size_t)t->tok[id].str_len, "type_id", k);
+}
+
+/* Append [bos] $X [eos] to list a (k: type id, X: "A" or "B"). */
+static int tpl_add(json_t *a, const dpo_bpe *t, int32_t bos, int32_t eos, int k, const char *x) {
+    return (bos < 0 || json_array_append_new(a, tpl_special(t, bos, k)) == 0) &&
+           json_array_append_new(a, json_pack("{s{sssi}}", "Sequence", "id", x, "type_id", k)) ==
+               0 &&
+           (eos < 0 || json_array_append_new(a, tpl_special(t, eos, k)) == 0);
+}
+
+/*
+** transformers' Llama and Gemma tokenizers (tokenizer_class LlamaTokenizer,
+** GemmaTokenizer, CodeLlamaTokenizer, with or without Fast) rebuild the
+** post-processor from tokenizer_config.json's add_bos_token / add_eos_token
+** (defaults true and false): [bos] $A [eos]. Done here too, and written to
+** the tokenizer.json that tok:save writes, as transformers' save does.
+*/
+static dpo_status class_template(dpo_bpe *t, const char *dir, dpo_error *e) {
+    static const char *const classes[] = {"LlamaTokenizer", "GemmaTokenizer", "CodeLlamaTokenizer"};
+    json_t *root, *cls, *v, *tpl = NULL, *single, *pair, *sp;
+    int32_t bos, eos;
+    int match = 0, add_bos = 1, add_eos = 0, ok;
+    if (!t->config || !(root = json_loads(t->config, JSON_DECODE_INT_AS_REAL, NULL))) return DPO_OK;
+    cls = json_object_get(root, "tokenizer_class");
+    for (int k = 0; k < 3 && json_is_string(cls); k++)
+        match |= strncmp(json_string_value(cls), classes[k], strlen(classes[k])) == 0 &&
+                 (json_string_value(cls)[strlen(classes[k])] == '\0' ||
+                  strcmp(json_string_value(cls) + strlen(classes[k]), "Fast") == 0);
+    if ((v = json_object_get(root, "add_bos_token"))) add_bos = json_is_true(v);
+    if ((v = json_object_get(root, "add_eos_token"))) add_eos = json_is_true(v);
+    json_decref(root);
+    if (!match) return DPO_OK;
+    bos = add_bos ? t->role[DPO_BPE_BOS] : -1;
+    eos = add_eos ? t->role[DPO_BPE_EOS] : -1;
+    if ((add_bos && bos < 0) || (add_eos && eos < 0)) {
+        dpo_fail(e, DPO_ERR_ARG, 0,
+                 "%s/tokenizer_config.json: add_%s_token is true but there is no %s token", dir,
+                 add_bos && bos < 0 ? "bos" : "eos", add_bos && bos < 0 ? "bos" : "eos");
+        return e->status;
+    }
+    single = json_array();
+    pair = json_array();
+    sp = json_object();
+    ok = single && pair && sp && tpl_add(single, t, bos, eos, 0, "A") &&
+         tpl_add(pair, t, bos, eos, 0, "A") && tpl_add(pair, t, bos, eos, 1, "B");
+    for (int k = 0; ok && k < 2; k++) {
+        int32_t id = k ? eos : bos;
+        if (id < 0) continue;
+        ok = json_object_setn_new(sp, bpe_tok_str(t, id), t->tok[id].str_len,
+                                  json_pack("{ss%s[i]s[s%]}", "id", bpe_tok_str(t, id),
+                                            (size_t)t->tok[id].str_len, "ids", (int)id, "tokens",
+                                            bpe_tok_str(t, id), (size_t)t->tok[id].str_len)) == 0;
+    }
+    if (ok) {
+        tpl = json_pack("{sssOsOsO}", "type", "TemplateProcessing", "single", single, "pair", pair,
+                        "special_tokens", sp);
+        free(t->src[2]);
+        t->src[2] = tpl ? json_dumps(tpl, JSON_COMPACT) : NULL;
+        ok = t->src[2] != NULL;
+    }
+    if (ok) {
+        size_t n = 0;
+        int32_t *items = (int32_t *)malloc(3 * sizeof *items);
+        ok = items != NULL;
+        if (ok) {
+            if (bos >= 0) items[n++] = bos;
+            items[n++] = -1;
+            if (eos >= 0) items[n++] = eos;
+            free(t->post.item);
+            t->post.item = items;
+            t->post.n = n;
+        }
+    }
+    json_decref(tpl), json_decref(single), json_decref(pair), json_decref(sp);
+    if (!ok) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "%s: out of memory", dir);
+        return e->status;
+    }
+    return DPO_OK;
+}
+
 /* A directory's files: tokenizer.json, or a vocabulary and its merges. */
 static dpo_bpe *load_dir(const char *dir, dpo_error *e) {
     int explicit_role[DPO_BPE_NROLES] = {0}, found = 0;
@@ -450,6 +577,10 @@ static dpo_bpe *load_dir(const char *dir, dpo_error *e) {
         return NULL;
     }
     if (t) bpe_default_roles(t, explicit_role);
+    if (t && class_template(t, dir, e) != DPO_OK) {
+        dpo_bpe_free(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -479,6 +610,15 @@ static json_t *bytelevel_json(int add_prefix_space, int trim_offsets, int use_re
     return NULL;
 }
 
+/* Stage k as it was read, else def (taken or released either way). */
+static json_t *stage(const dpo_bpe *t, int k, json_t *def) {
+    json_t *j;
+    if (!t->src[k]) return def;
+    j = json_loads(t->src[k], 0, NULL);
+    json_decref(def);
+    return j;
+}
+
 /* The tokenizer.json document, laid out as Hugging Face writes it. */
 static json_t *to_json(const dpo_bpe *t) {
     json_t *root = json_object(), *added = json_array(), *model = json_object();
@@ -498,17 +638,24 @@ static json_t *to_json(const dpo_bpe *t) {
              jset(o, "normalized", json_boolean(a->normalized)) &&
              jset(o, "special", json_boolean(a->special)) && json_array_append_new(added, o) == 0;
     }
-    ok = ok && jset(root, "normalizer", json_null()) &&
-         jset(root, "pre_tokenizer", bytelevel_json(t->add_prefix_space, 1, t->use_regex)) &&
-         jset(root, "post_processor", bytelevel_json(1, 0, 1)) &&
-         jset(root, "decoder", bytelevel_json(1, 1, 1)) &&
+    ok = ok && jset(root, "normalizer", stage(t, 0, json_null())) &&
+         jset(root, "pre_tokenizer",
+              stage(t, 1,
+                    t->pipeline ? json_null()
+                                : bytelevel_json(t->add_prefix_space, 1, t->use_regex))) &&
+         jset(root, "post_processor",
+              stage(t, 2, t->pipeline ? json_null() : bytelevel_json(1, 0, 1))) &&
+         jset(root, "decoder", stage(t, 3, t->pipeline ? json_null() : bytelevel_json(1, 1, 1))) &&
          jset(root, "model", json_incref(model)) && jset(model, "type", json_string("BPE")) &&
          jset(model, "dropout", json_null()) &&
          jset(model, "unk_token",
               unk >= 0 ? json_stringn(bpe_tok_str(t, unk), t->tok[unk].str_len) : json_null()) &&
-         jset(model, "continuing_subword_prefix", json_null()) &&
-         jset(model, "end_of_word_suffix", json_null()) && jset(model, "fuse_unk", json_false()) &&
-         jset(model, "byte_fallback", json_false()) &&
+         jset(model, "continuing_subword_prefix",
+              t->cprefix ? json_stringn(t->cprefix, t->ncprefix) : json_null()) &&
+         jset(model, "end_of_word_suffix",
+              t->eow_suffix ? json_stringn(t->eow_suffix, t->neow) : json_null()) &&
+         jset(model, "fuse_unk", json_boolean(t->fuse_unk)) &&
+         jset(model, "byte_fallback", json_boolean(t->byte_fallback)) &&
          (!t->ignore_merges || jset(model, "ignore_merges", json_true())) &&
          jset(model, "vocab", json_incref(vocab)) && jset(model, "merges", json_incref(merges));
     for (int32_t id = 0; ok && id < t->n; id++)
@@ -540,13 +687,17 @@ static json_t *to_json(const dpo_bpe *t) {
 
 /* The roles, as transformers' AutoTokenizer reads them beside tokenizer.json. */
 static json_t *config_json(const dpo_bpe *t) {
-    json_t *root = json_object();
-    int ok = jset(root, "tokenizer_class", json_string("PreTrainedTokenizerFast")) &&
+    json_t *root = t->config ? json_loads(t->config, JSON_DECODE_INT_AS_REAL, NULL) : json_object();
+    int ok = root != NULL;
+    if (ok && !t->config) /* a new file; one read keeps its fields (chat_template, ...) */
+        ok = jset(root, "tokenizer_class", json_string("PreTrainedTokenizerFast")) &&
              jset(root, "clean_up_tokenization_spaces", json_false());
     for (int r = 0; ok && r < DPO_BPE_NROLES; r++)
         if (t->role[r] >= 0)
             ok = jset(root, role_key[r],
                       json_stringn(bpe_tok_str(t, t->role[r]), t->tok[t->role[r]].str_len));
+        else if (json_object_get(root, role_key[r]))
+            ok = jset(root, role_key[r], json_null());
     if (!ok) {
         json_decref(root);
         return NULL;

@@ -24,12 +24,25 @@ typedef struct {
     size_t str, raw;           /* offsets in strs and raws */
     uint32_t str_len, raw_len; /* the vocabulary string; the bytes it decodes to */
     uint8_t used, added;
+    uint8_t model; /* in the model's vocabulary (not only an added token) */
 } tok_entry;
 
 typedef struct {
     int32_t id;
     uint8_t special, lstrip, rstrip, single_word, normalized;
+    size_t moff;   /* the text matched: in dpo_bpe.mstrs (the content, normalized */
+    uint32_t mlen; /* when the token is and there is a normalizer) */
 } added_tok;
+
+/* What add_special_tokens puts around a single text (postproc.c): ids, with
+** -1 where the text's ids go ($A); n = 0 when nothing. */
+typedef struct tk_post {
+    int32_t *item;
+    size_t n;
+} tk_post;
+
+struct tk_ops;
+struct tk_ws;
 
 /* A word cache: word bytes -> ids, open addressing, cleared when full. */
 #define CACHE_SLOTS (1u << 17)
@@ -78,6 +91,21 @@ struct dpo_bpe {
     int add_prefix_space, use_regex, ignore_merges;
     bpe_cache *cache; /* [ncache], one per encoding thread */
     int ncache;
+    /* tokenizer.json's stages (pipeline.h); NULL for GPT-2's own pipeline */
+    struct tk_ops *norm, *pre, *dec;
+    tk_post post;
+    int pipeline;   /* encode through norm / pre (else GPT-2's path above) */
+    int byte_level; /* the model reads bytes through GPT-2's alphabet */
+    int byte_fallback, fuse_unk;
+    int dec_join; /* no decoder in a pipeline: tokens joined by spaces, as Hugging Face */
+    char *cprefix, *eow_suffix; /* continuing_subword_prefix, end_of_word_suffix */
+    size_t ncprefix, neow;
+    int32_t byte_fb[256]; /* the id of <0xNN>, -1: none */
+    sbuf mstrs;           /* added tokens' matched texts */
+    int has_norm_added;   /* some added token is matched after normalizing */
+    char *src[4];         /* normalizer, pre_tokenizer, post_processor, decoder as read (JSON) */
+    char *config;         /* tokenizer_config.json as read, NULL if none */
+    struct tk_ws **ws;    /* [ncache] the pipeline's scratch space per thread */
 };
 
 /* character classes of GPT-2's pattern; the class of each BMP code point */

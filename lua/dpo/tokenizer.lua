@@ -1,12 +1,15 @@
--- dpo.tokenizer: text in, ids out, and back. Byte-level BPE as GPT-2 and
--- Hugging Face's tokenizers do it; the work is in C (core/text/bpe.c), this file
+-- dpo.tokenizer: text in, ids out, and back. BPE as GPT-2 and Hugging Face's
+-- tokenizers do it; the work is in C (core/text/: bpe.c, and normalize.c,
+-- pretok.c, postproc.c, decode.c for tokenizer.json's stages), this file
 -- holds the options and their defaults.
 --
 --   local tok = dpo.tokenizer.load(path)
---       path: a tokenizer.json (model BPE, ByteLevel pre-tokenizer and decoder),
---       or a directory holding tokenizer.json, vocab.json + merges.txt, or
---       encoder.json + vocab.bpe (GPT-2's names). A directory's
---       tokenizer_config.json / special_tokens_map.json name eos/bos/pad.
+--       path: a tokenizer.json with a BPE model (Llama 2 and 3, Qwen2.5 and 3,
+--       Gemma 2 and 3, Mistral, SmolLM2, GPT-2: the same ids as Hugging Face's
+--       tokenizers), or a directory holding tokenizer.json, vocab.json +
+--       merges.txt, or encoder.json + vocab.bpe (GPT-2's names). A directory's
+--       tokenizer_config.json / special_tokens_map.json name eos/bos/pad/unk.
+--       WordPiece and Unigram models raise an error naming the type.
 --   dpo.tokenizer.from_files(vocab_json, merges_txt)
 --   dpo.tokenizer.bytes()       ids 0..255 are the bytes, 256 is <|endoftext|>
 --   dpo.tokenizer.train(corpus, {vocab_size = 8000, min_frequency = 2,
@@ -16,14 +19,19 @@
 --       Ids 0..255 are the bytes, then the merges, then the special tokens.
 --   dpo.tokenizer.pretokenize(text)   GPT-2's pieces, a list of strings
 --
---   tok:encode(text [, {special = true}])  -> int32 tensor of 0-based ids;
+--   tok:encode(text [, {special = true, add_special_tokens = true}])
+--       -> int32 tensor of 0-based ids; add_special_tokens puts the
+--       post-processor's tokens around them as Hugging Face's encode does
+--       (Llama 2's and Gemma's BOS; GPT-2, Llama 3's file and Qwen add none);
 --       special = false encodes special tokens' text as plain text
 --   tok:encode_batch(texts [, opts])       -> {tensor, ...}, on all threads
 --   tok:decode(ids [, {skip_special = false}]) -> string; ids a tensor or a table
 --   tok:vocab_size(), tok:token_to_id(s), tok:id_to_token(id), tok:special_tokens()
 --   tok.eos_id, tok.bos_id, tok.pad_id, tok.unk_id   nil when undefined; settable
+--       (the strings: tok:id_to_token(tok.bos_id) ...)
 --   tok:save(path)   a tokenizer.json Hugging Face reads; a directory gets
---                    tokenizer.json and tokenizer_config.json; with a chat
+--                    tokenizer.json and tokenizer_config.json (the one read,
+--                    chat_template included, with the roles updated); with a chat
 --                    template, a directory or a path ending in tokenizer.json
 --                    also gets chat_template.jinja beside it (which
 --                    transformers and load() read)
@@ -49,7 +57,9 @@
 --       and bos_token, eos_token, pad_token, unk_token: the text of the
 --       tokenizer's special tokens, where it has them.
 --
--- decode(encode(s)) == s for any bytes s, valid UTF-8 or not. Bad files raise
+-- decode gives Hugging Face's decoded text; with a byte-level decoder (GPT-2,
+-- Llama 3, Qwen) decode(encode(s)) == s for any bytes s, valid UTF-8 or not,
+-- where Hugging Face would write U+FFFD for bytes that are not. Bad files raise
 -- an error naming the file; an unknown id in decode names the id.
 local core = require "dpo.core"
 local jinja = require "dpo.jinja"

@@ -454,9 +454,9 @@ static void test_bad_files(void) {
     expect_error(in_tmp("wp.json"), "unsupported model type 'WordPiece'");
     write_file("list.json", "[1, 2, 3]");
     expect_error(in_tmp("list.json"), "not a tokenizer.json");
-    write_file("meta.json", "{\"pre_tokenizer\": {\"type\": \"Metaspace\"}, \"model\": "
+    write_file("meta.json", "{\"pre_tokenizer\": {\"type\": \"UnicodeScripts\"}, \"model\": "
                             "{\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}");
-    expect_error(in_tmp("meta.json"), "unsupported pre_tokenizer 'Metaspace'");
+    expect_error(in_tmp("meta.json"), "unsupported pre_tokenizer 'UnicodeScripts'");
     write_file("id.json", "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": "
                           "{\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}");
     expect_error(in_tmp("id.json"), "the id of token 'a' is not an integer");

@@ -157,6 +157,32 @@ write("tokenizer_json", "flags.json", [[
  "model":{"type":"BPE","unk_token":"a","ignore_merges":true,
   "vocab":{"a":0,"b":1,"ab":2,"Ġ":3,"Ġab":4,"<mask>":5,"hi":6},"merges":[["a","b"],"Ġ ab"]}}
 ]])
+-- the stages of today's files: Llama 2's (normalizer, byte fallback, template,
+-- decoders) and Llama 3's (a Split regex before ByteLevel)
+write("tokenizer_json", "sentencepiece.json", [[
+{"added_tokens":[{"id":0,"content":"<unk>","special":true},{"id":1,"content":"<s>","special":true},
+ {"id":9,"content":"[X]","normalized":true,"special":false}],
+ "normalizer":{"type":"Sequence","normalizers":[{"type":"NFKC"},{"type":"Prepend","prepend":"\u2581"},
+  {"type":"Replace","pattern":{"String":" "},"content":"\u2581"}]},
+ "pre_tokenizer":{"type":"Sequence","pretokenizers":[{"type":"Digits","individual_digits":true},
+  {"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":true}]},
+ "post_processor":{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},
+  {"Sequence":{"id":"A","type_id":0}}],"special_tokens":{"<s>":{"id":"<s>","ids":[1],"tokens":["<s>"]}}},
+ "decoder":{"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":"\u2581"},"content":" "},
+  {"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]},
+ "model":{"type":"BPE","unk_token":"<unk>","fuse_unk":true,"byte_fallback":true,
+  "vocab":{"<unk>":0,"<s>":1,"\u2581":2,"a":3,"b":4,"\u2581a":5,"<0x41>":6,"<0x62>":7,"ab":8,"[X]":9},
+  "merges":["\u2581 a","a b"]}}
+]])
+write("tokenizer_json", "split_regex.json", [[
+{"added_tokens":[{"id":7,"content":"<|x|>","special":true}],
+ "pre_tokenizer":{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":
+  "(?i:'s|'t)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+  "behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"use_regex":false}]},
+ "decoder":{"type":"ByteLevel"},"normalizer":{"type":"NFC"},
+ "model":{"type":"BPE","ignore_merges":true,"vocab":{"a":0,"b":1,"ab":2,"\u0120":3,"\u0120ab":4,"1":5,"12":6,"<|x|>":7,"2":8},
+  "merges":[["a","b"],"\u0120 ab","1 2"]}}
+]])
 write("tokenizer_json", "bad_model.json",
       '{"model":{"type":"WordPiece","vocab":{}},"pre_tokenizer":{"type":"ByteLevel"}}')
 write("tokenizer_json", "bad_dropout.json",

@@ -604,17 +604,18 @@ describe("bad input raises a clear error, never a crash:", function()
    it("an unsupported model type or component", function()
       local p = file("wp.json", '{"model": {"type": "WordPiece", "vocab": {}}}')
       h.errors(function() dpo.tokenizer.load(p) end,
-               p .. ": unsupported model type 'WordPiece' (only BPE is supported)", true)
+               p .. ": unsupported model type 'WordPiece' (only BPE is supported; WordPiece and " ..
+               "Unigram tokenizers are not)", true)
       p = file("uni.json", '{"model": {"type": "Unigram", "vocab": []}}')
       h.errors(function() dpo.tokenizer.load(p) end, "unsupported model type 'Unigram'", true)
-      p = file("norm.json", '{"normalizer": {"type": "NFC"}, "pre_tokenizer": ' ..
+      p = file("norm.json", '{"normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": ' ..
                             '{"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": {}, ' ..
                             '"merges": []}}')
-      h.errors(function() dpo.tokenizer.load(p) end, p .. ": unsupported normalizer 'NFC'", true)
-      p = file("meta.json", '{"pre_tokenizer": {"type": "Metaspace"}, "model": {"type": "BPE", ' ..
+      h.errors(function() dpo.tokenizer.load(p) end, p .. ": unsupported normalizer 'BertNormalizer'", true)
+      p = file("meta.json", '{"pre_tokenizer": {"type": "UnicodeScripts"}, "model": {"type": "BPE", ' ..
                             '"vocab": {}, "merges": []}}')
       h.errors(function() dpo.tokenizer.load(p) end,
-               p .. ": unsupported pre_tokenizer 'Metaspace' (only ByteLevel)", true)
+               p .. ": unsupported pre_tokenizer 'UnicodeScripts' (supported: Split, ByteLevel", true)
       p = file("drop.json", '{"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "BPE", ' ..
                             '"dropout": 0.1, "vocab": {}, "merges": []}}')
       h.errors(function() dpo.tokenizer.load(p) end, p .. ": BPE dropout is not supported", true)
