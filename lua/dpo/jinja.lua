@@ -86,7 +86,7 @@ local FILTERS, STR_METHODS, DICT_METHODS, LIST_METHODS, GLOBALS =
 local apply_test, py_format = B.apply_test, B.py_format
 
 jinja.none = None
-jinja.list = V.mark_list
+jinja.list = V.mark_list -- dpo.jinja.list(t), dpo.jinja.dict(t [, keys]): marks (dpo.jinja.values)
 jinja.dict = V.mark_dict
 
 -- ---- evaluation -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
--- dpo.jinja (lua/dpo/jinja.lua) against Python's jinja2 configured as
+-- dpo.jinja (lua/dpo/jinja.lua, lua/dpo/jinja/) against Python's jinja2 configured as
 -- transformers configures it (tests/chat/render.py, run by
 -- tests/chat/reference.lua): the real chat templates of Qwen3, Llama 3 and
 -- Gemma 3 (tests/fixtures/chat, from their npm packages), templates in the

@@ -9,8 +9,8 @@
 -- by render), UTF-8 text as Python's str (chars, ulen, strip, SPACE), values
 -- printed as Python prints them (tostr, repr, str_repr, type_name), Python's
 -- truth, equality and order (truthy, eq, less, contains, length, items_of)
--- and JSON as json.dumps writes it (tojson). Pure functions of their
--- arguments; the module table returned holds them all.
+-- and JSON as json.dumps writes it (tojson). No state but the key orders
+-- mark_dict records (a weak table); the module table returned holds it all.
 local format, sub, byte, find, rep = string.format, string.sub, string.byte, string.find, string.rep
 local concat, unpack = table.concat, table.unpack
 local mtype = math.type
