@@ -785,12 +785,6 @@ LIST_METHODS = {
 
 -- ---- globals --------------------------------------------------------------------------------
 
-local function kwdict(kw, kwo, mt)
-   local d = newdict(mt)
-   for _, name in ipairs(kwo) do dset(d, name, kw[name]) end
-   return d
-end
-
 local GLOBALS = {
    range = callable("range", function(args, _, _, line)
       local a, b, c = args[1], args[2], args[3]
