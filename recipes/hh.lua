@@ -530,7 +530,8 @@ end
 local function evaluation_table(J)
    local o, model, sft_model, initial, eval_ds = J.o, J.model, J.sft_model, J.initial, J.eval_ds
    say("\n== Evaluation on %d held-out pairs ==", #eval_ds)
-   local ev = { batch_size = 2 * o.batch_size, beta = o.dpo.beta }
+   -- (in a job each rank scores its share of the pairs; all get the global figures)
+   local ev = { batch_size = 2 * o.batch_size, beta = o.dpo.beta, shard = true }
    local dpo_vs_sft = dpo.eval.preferences(model, sft_model, eval_ds, ev)
    local dpo_vs_init = dpo.eval.preferences(model, initial, eval_ds, ev)
    local sft_vs_init = dpo.eval.preferences(sft_model, initial, eval_ds, ev)
