@@ -114,6 +114,51 @@ describe("recipes/hh.lua as a job of two ranks", function()
       assert.is_true(weights_gap(one .. "/checkpoint-8", two .. "/checkpoint-8") <= 1e-6)
    end)
 
+   it_job("precomputes the reference sharded: the same table, the same run, one file by rank 0", function()
+      -- each run in its own parent: the cache (PARENT/cache) is not shared
+      local one, two = root .. "/pc1/run", root .. "/pc2/run"
+      -- (SFT at lr 0 leaves the initial weights as they are, bit for bit: the
+      -- reference is the same model in both runs, and near ties of the
+      -- rewards at DPO's start are decided by the same rounding)
+      local args1 = { "--grad_accum=2", "--out=" .. one, "--dpo.ref=precompute", "--sft.lr=0" }
+      local args2 = { "--grad_accum=1", "--out=" .. two, "--dpo.ref=precompute", "--sft.lr=0" }
+      for _, a in ipairs(SHORT) do
+         args1[#args1 + 1], args2[#args2 + 1] = a, a
+      end
+      assert.is_true(os.execute("mkdir -p " .. h.quote(root .. "/pc1") .. " " .. h.quote(root .. "/pc2")))
+      local s1, o1 = hh(1, args1)
+      assert.are.equal(0, s1, o1)
+      local s2, o2 = hh(2, args2)
+      assert.are.equal(0, s2, o2)
+      local _, n = o2:gsub("reference log%-probs of %d+ pairs computed in [%d.]+s by 2 ranks", "")
+      assert.are.equal(2, n, o2) -- the train and the eval pairs, said once each
+      -- a file for each data set (named by the data, then the weights), the
+      -- same values to the bit: each batch is the one a single process scores
+      local function by_data(dir)
+         local t = {}
+         for _, f in ipairs(h.listing(dir)) do
+            local key = f:match("^ref_logps%-(%x+%-%x+)%.safetensors$")
+            if key then t[key] = assert(dpo.load(dir .. "/" .. f)) end
+         end
+         return t
+      end
+      local c1, c2 = by_data(root .. "/pc1/cache"), by_data(root .. "/pc2/cache")
+      local seen = 0
+      for key, a in pairs(c1) do
+         local b = assert(c2[key], "no cache file for data " .. key .. " in the job's")
+         for _, k in ipairs{ "chosen", "rejected" } do
+            assert.is_true(a[k]:numel() > 0)
+            assert.are.equal(a[k]:numel(), b[k]:numel())
+            assert.are.equal(0, (a[k] - b[k]):abs():max():item(), key .. " " .. k)
+         end
+         seen = seen + 1
+      end
+      assert.are.equal(2, seen)
+      assert.are.equal(2, #h.listing(root .. "/pc2/cache"))
+      same_records(records(one), records(two))
+      assert.is_true(weights_gap(one .. "/checkpoint-8", two .. "/checkpoint-8") <= 1e-6)
+   end)
+
    -- (against one process, 30 steps would be too many for 1e-6: Adam turns
    -- the float32 rounding of gradients that are zero in exact arithmetic,
    -- such as attention's key bias, into whole steps of lr)
