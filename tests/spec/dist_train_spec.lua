@@ -162,40 +162,50 @@ describe("recipes/hh.lua as a job of two ranks", function()
    -- (against one process, 30 steps would be too many for 1e-6: Adam turns
    -- the float32 rounding of gradients that are zero in exact arithmetic,
    -- such as attention's key bias, into whole steps of lr)
-   it_job("stops every rank at the same step when one is sent SIGTERM, and goes on", function()
-      local one, two = root .. "/sig1", root .. "/sig2"
+   it_job("stops every rank at the same step on SIGTERM to a rank or SIGUSR1 to mpirun, and goes on", function()
+      local one = root .. "/sig1"
       local common = { "--sft.steps=30", "--dpo.steps=2", "--eval_pairs=8", "--samples=1",
                        "--max_new_tokens=2", "--eval_every=0", "--log_every=2", "--batch_size=4" }
       local words = {}
       for i, a in ipairs(common) do words[i] = h.quote(a) end
-      local out = root .. "/sig.txt"
-      -- the job; once it has logged a training record, SIGTERM to its last rank
-      local script = ([[
+      -- the job in dir; once it has logged a training record, `signal` to
+      -- `whom` ($job: mpirun, which forwards SIGUSR1 to every rank at once);
+      -- returns the exit status and the output
+      local function stopped_job(dir, signal, whom)
+         local out = dir .. ".txt"
+         local script = ([[
 %sOMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 2 \
   -x OMP_NUM_THREADS=1 %s recipes/hh.lua %s --out=%s >%s 2>&1 &
 job=$!
 n=0
 until grep -q '"epoch"' %s/metrics.jsonl 2>/dev/null || [ $n -ge 600 ]; do sleep 0.2; n=$((n+1)); done
-kill -TERM $(pgrep -P $job | tail -1)
+kill -%s %s
 wait $job
-exit $?]]):format(NO_LEAK_CHECK, h.quote(h.DPOLUA), table.concat(words, " "), h.quote(two),
-                  h.quote(out), h.quote(two))
-      local _, _, status = os.execute("sh -c " .. h.quote(script))
-      local text = h.read(out)
-      assert.are.equal(143, status, text)
-      local at = text:match("stopped by SIGTERM after step (%d+)")
-      assert.truthy(at, text)
-      assert.truthy(h.read(two .. "/checkpoint-" .. at .. "/trainer_state.json"), text)
-      local _, n = text:gsub("stopped by SIGTERM", "")
-      assert.are.equal(1, n, text) -- said once, by rank 0
-      local s2, o2 = hh(2, { "--resume=" .. two })
-      assert.are.equal(0, s2, o2)
-      -- the same job never stopped: the same records, the same weights to the bit
+exit $?]]):format(NO_LEAK_CHECK, h.quote(h.DPOLUA), table.concat(words, " "), h.quote(dir),
+                  h.quote(out), h.quote(dir), signal, whom)
+         local _, _, status = os.execute("sh -c " .. h.quote(script))
+         return status, h.read(out)
+      end
+      -- the same job never stopped
       local args1 = { "--out=" .. one }
       for _, a in ipairs(common) do args1[#args1 + 1] = a end
       local s1, o1 = hh(2, args1)
       assert.are.equal(0, s1, o1)
-      same_records(records(one), records(two))
-      assert.are.equal(0, weights_gap(one .. "/checkpoint-32", two .. "/checkpoint-32"))
+      for _, case in ipairs{ { "SIGTERM", 143, "$(pgrep -P $job | tail -1)" }, { "SIGUSR1", 138, "$job" } } do
+         local name, code, whom = case[1], case[2], case[3]
+         local two = root .. "/" .. name
+         local status, text = stopped_job(two, name:sub(4), whom)
+         assert.are.equal(code, status, text)
+         local at = text:match("stopped by " .. name .. " after step (%d+)")
+         assert.truthy(at, text)
+         assert.truthy(h.read(two .. "/checkpoint-" .. at .. "/trainer_state.json"), text)
+         local _, n = text:gsub("stopped by " .. name, "")
+         assert.are.equal(1, n, text) -- said once, by rank 0
+         local s2, o2 = hh(2, { "--resume=" .. two })
+         assert.are.equal(0, s2, o2)
+         -- the same records, the same weights to the bit
+         same_records(records(one), records(two))
+         assert.are.equal(0, weights_gap(one .. "/checkpoint-32", two .. "/checkpoint-32"))
+      end
    end)
 end)
