@@ -2,8 +2,8 @@
 -- (batch 4 per rank, no accumulation) against the same run in one process
 -- with the same global batch (batch 4, two micro-batches accumulated). The
 -- steps, the records of metrics.jsonl and the final weights must agree; a job
--- resumed from its checkpoint too. Needs mpirun (CI installs OpenMPI);
--- without it the cases are pending, never passed.
+-- resumed from its checkpoint too, by two ranks or by one. Needs mpirun (CI
+-- installs OpenMPI); without it the cases are pending, never passed.
 local h = dofile("tests/spec/helper.lua")
 
 local cjson = require "cjson"
@@ -112,6 +112,21 @@ describe("recipes/hh.lua as a job of two ranks", function()
       assert.truthy(o3:find("resuming", 1, true), o3)
       same_records(r1, records(two))
       assert.is_true(weights_gap(one .. "/checkpoint-8", two .. "/checkpoint-8") <= 1e-6)
+
+      -- the job's run resumed by one process: grad_accum 2 keeps the global
+      -- batch (another value is refused, naming the one that fits)
+      local three = root .. "/three"
+      assert.is_true(os.execute(("cp -r %s %s && rm -rf %s"):format(h.quote(two), h.quote(three),
+                                                                    h.quote(three .. "/checkpoint-8"))))
+      local s4, o4 = hh(1, { "--resume=" .. three, "--grad_accum=1" })
+      assert.are_not.equal(0, s4, o4)
+      assert.truthy(o4:find("--grad_accum must be 2", 1, true), o4)
+      local s5, o5 = hh(1, { "--resume=" .. three })
+      assert.are.equal(0, s5, o5)
+      assert.truthy(o5:find("resuming", 1, true), o5)
+      same_records(r1, records(three))
+      assert.is_true(weights_gap(one .. "/checkpoint-8", three .. "/checkpoint-8") <= 1e-6)
+      assert.are.equal(1, cjson.decode(h.read(three .. "/checkpoint-8/trainer_state.json")).data.ranks)
    end)
 
    it_job("precomputes the reference sharded: the same table, the same run, one file by rank 0", function()
