@@ -202,6 +202,45 @@ end
 -- What a resumed run may change: nothing that alters its numbers.
 local MAY_CHANGE = { resume = true, out = true, overwrite = true, threads = true, progress = true }
 
+-- The micro-batches per step of the run in dir (ranks x grad_accum), as its
+-- newest readable checkpoint says (else run.json's grad_accum, one rank).
+local function global_batch(dir, saved_accum)
+   local list = dpo.train.checkpoints(dir)
+   for i = #list, 1, -1 do
+      local f = io.open(list[i].path .. "/trainer_state.json", "rb")
+      if f then
+         local ok, st = pcall(cjson.decode, f:read("a"))
+         f:close()
+         local d = ok and type(st) == "table" and st.data
+         if type(d) == "table" and math.tointeger(d.grad_accum) then
+            return math.tointeger(d.grad_accum) * (math.tointeger(d.ranks) or 1)
+         end
+      end
+   end
+   return math.tointeger(saved_accum) or 1
+end
+
+-- --grad_accum when resuming with `ranks` processes: the run's global batch
+-- (ranks x grad_accum micro-batches of --batch_size) kept, so a job may go on
+-- with another number of ranks (mpirun -np 1 after -np 2: grad_accum doubles).
+local function resumed_accum(o, dir, saved_accum, path)
+   local ranks = dpo.dist.size()
+   local global = global_batch(dir, saved_accum)
+   if o._given.grad_accum then
+      if o.grad_accum * ranks ~= global then
+         die(("--grad_accum=%d: the run takes %d micro-batches a step; with %d rank%s --grad_accum " ..
+              "must be %s"):format(o.grad_accum, global, ranks, ranks > 1 and "s" or "",
+                                   global % ranks == 0 and tostring(global // ranks) or "impossible"))
+      end
+      return o.grad_accum
+   end
+   if global % ranks ~= 0 then
+      die(("%s: the run takes %d micro-batches a step, which %d ranks cannot share; resume with a " ..
+           "number of ranks that divides %d"):format(path, global, ranks, global))
+   end
+   return global // ranks
+end
+
 -- The options of the run being resumed (o.resume): those of its run.json, and
 -- --threads/--progress from the command line.
 local function resume_options(o, defaults)
@@ -216,7 +255,9 @@ local function resume_options(o, defaults)
    local argv = {}
    for _, e in ipairs(M.spec) do
       local name, v = e[1], saved[e[1]]
-      if MAY_CHANGE[name] then
+      if name == "grad_accum" then
+         argv[#argv + 1] = "--grad_accum=" .. resumed_accum(o, dir, v, path)
+      elseif MAY_CHANGE[name] then
          if o._given[name] then argv[#argv + 1] = "--" .. name .. "=" .. arg_value(o._flat[name]) end
       elseif o._given[name] and (v == nil or arg_value(o._flat[name]) ~= arg_value(v)) then
          die(("--%s=%s: a resumed run keeps its options (%s has %s); leave it out, or start a new run"):format(
@@ -530,7 +571,8 @@ end
 local function evaluation_table(J)
    local o, model, sft_model, initial, eval_ds = J.o, J.model, J.sft_model, J.initial, J.eval_ds
    say("\n== Evaluation on %d held-out pairs ==", #eval_ds)
-   local ev = { batch_size = 2 * o.batch_size, beta = o.dpo.beta }
+   -- (in a job each rank scores its share of the pairs; all get the global figures)
+   local ev = { batch_size = 2 * o.batch_size, beta = o.dpo.beta, shard = true }
    local dpo_vs_sft = dpo.eval.preferences(model, sft_model, eval_ds, ev)
    local dpo_vs_init = dpo.eval.preferences(model, initial, eval_ds, ev)
    local sft_vs_init = dpo.eval.preferences(sft_model, initial, eval_ds, ev)

@@ -6,6 +6,7 @@
 ** direct-sgemm probe benchmarks use.
 */
 #include "bind/l_util.h"
+#include "base/dist.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -45,10 +46,16 @@ static int l_clock(lua_State *L) {
 ** the default action back and raises it again, which ends the process at
 ** once. dpo.release_signals() restores the actions the first trap found
 ** (the interpreter's Ctrl-C handler, the prompt's). Traps nest.
+** In a job of more than one process (dpo.dist) SIGUSR1 and SIGUSR2 are
+** trapped too: OpenMPI's mpirun forwards them to every rank at once, while
+** it answers its own SIGINT or SIGTERM by killing the ranks (SIGTERM, then
+** SIGKILL odls_base_sigkill_timeout seconds later), so they are how a job is
+** asked to stop at a step boundary.
 */
 static volatile sig_atomic_t pending_signal = 0;
 static int trap_depth = 0;
-static struct sigaction saved_int, saved_term;
+static int trapped_usr = 0;
+static struct sigaction saved_int, saved_term, saved_usr1, saved_usr2;
 
 static void on_signal(int sig) {
     if (pending_signal != 0) { /* the second: stop now */
@@ -69,6 +76,11 @@ static int l_trap_signals(lua_State *L) {
         pending_signal = 0;
         sigaction(SIGINT, &sa, &saved_int);
         sigaction(SIGTERM, &sa, &saved_term);
+        trapped_usr = dpo_dist_size() > 1;
+        if (trapped_usr) {
+            sigaction(SIGUSR1, &sa, &saved_usr1);
+            sigaction(SIGUSR2, &sa, &saved_usr2);
+        }
     }
     lua_pushinteger(L, ++trap_depth);
     return 1;
@@ -79,6 +91,10 @@ static int l_release_signals(lua_State *L) {
     if (trap_depth > 0 && --trap_depth == 0) {
         sigaction(SIGINT, &saved_int, NULL);
         sigaction(SIGTERM, &saved_term, NULL);
+        if (trapped_usr) {
+            sigaction(SIGUSR1, &saved_usr1, NULL);
+            sigaction(SIGUSR2, &saved_usr2, NULL);
+        }
     }
     lua_pushinteger(L, trap_depth);
     return 1;
@@ -87,13 +103,18 @@ static int l_release_signals(lua_State *L) {
 /*
 ** dpo.pending_signal([clear]) -> "SIGINT", 130 | "SIGTERM", 143 | nil: the
 ** signal noted since the outermost trap began (the exit status a shell
-** gives a process it ends); clear = true forgets it.
+** gives a process it ends; in a job also "SIGUSR1", 138 | "SIGUSR2", 140);
+** clear = true forgets it.
 */
 static int l_pending_signal(lua_State *L) {
     int sig = pending_signal;
     if (lua_toboolean(L, 1)) pending_signal = 0;
     if (sig == 0) return 0;
-    lua_pushstring(L, sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal");
+    lua_pushstring(L, sig == SIGINT    ? "SIGINT"
+                      : sig == SIGTERM ? "SIGTERM"
+                      : sig == SIGUSR1 ? "SIGUSR1"
+                      : sig == SIGUSR2 ? "SIGUSR2"
+                                       : "signal");
     lua_pushinteger(L, 128 + sig);
     return 2;
 }

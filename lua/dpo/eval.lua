@@ -26,9 +26,17 @@
 --         pairs              how many pairs were scored
 --       Both models are evaluated in eval mode (no dropout) under no_grad;
 --       the policy's training mode is restored afterwards.
+--         shard = false      under mpirun (dpo.dist): every rank calls this
+--                            with the same arguments, scores every size-th
+--                            batch (rank r: batches r+1, r+1+size, ...), and
+--                            the per-pair figures are gathered and summed in
+--                            the order of the batches: every rank returns the
+--                            global metrics, the same numbers one process
+--                            finds. A collective: all ranks or none.
 --
 --   dpo.eval.nll(model, data, opts) -> {nll, logps/chosen, logps/rejected,
---       logps/accuracies, pairs}: the same without a reference (for SFT)
+--       logps/accuracies, pairs}: the same without a reference (for SFT);
+--       opts: batch_size, max_pairs, shard
 --
 --   dpo.eval.samples(model, tok, prompts, opts) -> list of
 --       {prompt, policy, reference, chosen, rejected}
@@ -40,6 +48,7 @@
 --   dpo.eval.format_samples(list [, {policy_name, ref_name}]) -> text for a terminal
 local core = require "dpo.core"
 local check = require "dpo.check"
+local dist = require "dpo.dist"
 
 local eval = {}
 
@@ -116,11 +125,14 @@ local function check_data(data, fname)
    if #data == 0 then error(format("dpo.eval.%s: data holds no pairs", fname), 3) end
 end
 
-local BATCH_OPTS = { batch_size = true, max_pairs = true }
+local BATCH_OPTS = { batch_size = true, max_pairs = true, shard = true }
 
 local function check_batch_opts(opts, fname)
    check_int(opts, "batch_size", 1, fname)
    check_int(opts, "max_pairs", 1, fname)
+   if opts.shard ~= nil and type(opts.shard) ~= "boolean" then
+      bad(fname, "shard must be a boolean, got %s", type(opts.shard))
+   end
 end
 
 -- Run fn with model in eval mode, then restore its mode.
@@ -147,16 +159,81 @@ local function eval_batches(data, opts)
    return src:batches(bs)
 end
 
--- Per-token and summed stats of one batch's chosen/rejected policy logps.
-local function policy_stats(acc, lp, cnt, B)
+-- One batch's figures: {B, pol = {c, r, n_c, n_r of pair 1, of pair 2, ...}
+-- (the policy's summed log-probs and token counts), m = {metric = batch mean}}.
+local function batch_record(lp, cnt, B, m)
    local v, n = lp:totable(), cnt:totable()
+   local pol = {}
    for i = 1, B do
-      local c, r = v[i], v[B + i]
-      local nc, nr = math.max(n[i], 1), math.max(n[B + i], 1)
+      pol[#pol + 1], pol[#pol + 2], pol[#pol + 3], pol[#pol + 4] = v[i], v[B + i], n[i], n[B + i]
+   end
+   return { B = B, pol = pol, m = m or {} }
+end
+
+-- Add a batch's figures to acc (pair by pair, in order).
+local function apply(acc, rec)
+   local B, pol = rec.B, rec.pol
+   for k, v in pairs(rec.m) do acc.sums[k] = (acc.sums[k] or 0) + v * B end
+   for i = 0, B - 1 do
+      local c, r, n_c, n_r = pol[4 * i + 1], pol[4 * i + 2], pol[4 * i + 3], pol[4 * i + 4]
+      local nc, nr = math.max(n_c, 1), math.max(n_r, 1)
       acc.sum_c = acc.sum_c + c
       acc.sum_r = acc.sum_r + r
-      acc.tok_c = acc.tok_c + n[i]
+      acc.tok_c = acc.tok_c + n_c
       if c / nc > r / nr then acc.lp_wins = acc.lp_wins + 1 end
+   end
+   acc.pairs = acc.pairs + B
+end
+
+-- A batch's figures as bytes (its index first), and back.
+local function encode(index, rec)
+   local parts = { string.pack("<i4i4", index, rec.B) }
+   for _, x in ipairs(rec.pol) do parts[#parts + 1] = string.pack("<d", x) end
+   local keys = {}
+   for k in pairs(rec.m) do keys[#keys + 1] = k end
+   table.sort(keys)
+   parts[#parts + 1] = string.pack("<i4", #keys)
+   for _, k in ipairs(keys) do parts[#parts + 1] = string.pack("<s4d", k, rec.m[k]) end
+   return table.concat(parts)
+end
+
+local function decode_all(bytes, into)
+   local at = 1
+   while at <= #bytes do
+      local index, B
+      index, B, at = string.unpack("<i4i4", bytes, at)
+      local pol = {}
+      for j = 1, 4 * B do pol[j], at = string.unpack("<d", bytes, at) end
+      local nk
+      nk, at = string.unpack("<i4", bytes, at)
+      local m = {}
+      for _ = 1, nk do
+         local k, v
+         k, v, at = string.unpack("<s4d", bytes, at)
+         m[k] = v
+      end
+      into[index] = { B = B, pol = pol, m = m }
+   end
+end
+
+-- Score the batches of data with score(b) -> a batch record, into acc: all of
+-- them here, or (sharded in a job) this rank's share, then every rank's
+-- gathered and added in the order of the batches.
+local function score_batches(acc, data, opts, score)
+   local size = opts.shard and dist.size() or 1
+   if size == 1 then
+      for b in eval_batches(data, opts) do apply(acc, score(b)) end
+      return
+   end
+   local rank, mine, index = dist.rank(), {}, 0
+   for b in eval_batches(data, opts) do
+      if index % size == rank then mine[#mine + 1] = encode(index + 1, score(b)) end
+      index = index + 1
+   end
+   local recs = {}
+   for _, bytes in ipairs(dist.allgather(table.concat(mine))) do decode_all(bytes, recs) end
+   for i = 1, index do
+      apply(acc, recs[i] or error(format("dpo.eval: batch %d of %d came back from no rank", i, index), 0))
    end
 end
 
@@ -176,7 +253,7 @@ local function finish(acc, out)
 end
 
 local PREF_OPTS = { batch_size = true, max_pairs = true, beta = true, loss = true,
-                    loss_options = true, ref_logps = true }
+                    loss_options = true, ref_logps = true, shard = true }
 
 function eval.preferences(policy, ref, data, opts)
    local fname = "preferences"
@@ -207,7 +284,7 @@ function eval.preferences(policy, ref, data, opts)
    if ref then models[2] = ref end
    local acc = new_acc()
    in_eval_mode(models, function()
-      for b in eval_batches(data, opts) do
+      score_batches(acc, data, opts, function(b)
          local B = b.size
          local lp, cnt = policy:logps(b.ids, b.mask)
          local rc, rr
@@ -233,12 +310,12 @@ function eval.preferences(policy, ref, data, opts)
                          "and a table of metrics", type(loss), type(m)), 0)
          end
          m.loss = loss:item()
+         local means = {}
          for k, v in pairs(m) do
-            if type(v) == "number" then acc.sums[k] = (acc.sums[k] or 0) + v * B end
+            if type(v) == "number" then means[k] = v end
          end
-         policy_stats(acc, lp, cnt, B)
-         acc.pairs = acc.pairs + B
-      end
+         return batch_record(lp, cnt, B, means)
+      end)
    end)
    local out = {}
    for k, v in pairs(acc.sums) do out[k] = v / math.max(acc.pairs, 1) end
@@ -252,11 +329,10 @@ function eval.nll(model, data, opts)
    check_batch_opts(opts, "nll")
    local acc = new_acc()
    in_eval_mode({ model }, function()
-      for b in eval_batches(data, opts) do
+      score_batches(acc, data, opts, function(b)
          local lp, cnt = model:logps(b.ids, b.mask)
-         policy_stats(acc, lp, cnt, b.size)
-         acc.pairs = acc.pairs + b.size
-      end
+         return batch_record(lp, cnt, b.size)
+      end)
    end)
    return finish(acc)
 end

@@ -11,7 +11,10 @@
 --                  policy has adapters (or ref = "base"); no copy is kept
 --   "precomputed"  the log-probs of every train and eval pair computed once,
 --                  before training, and cached on disk under a name hashing
---                  the data and the weights; the model is then let go
+--                  the data and the weights; the model is then let go. In a
+--                  job (dpo.dist) each rank computes its share of the batches
+--                  and all are gathered, so every rank holds the whole table;
+--                  rank 0 alone writes the file
 --   "sync"         TR-DPO: a frozen copy that every tau steps becomes
 --                  alpha * policy + (1 - alpha) * ref (a policy with
 --                  adapters: the copy and the mix are of the merged
@@ -46,6 +49,7 @@ local lfs = require "lfs"
 local log = require "dpo.log"
 local models = require "dpo.model"
 local lora = require "dpo.lora"
+local dist = require "dpo.dist"
 
 local reference = {}
 
@@ -135,44 +139,88 @@ reference.data_key, reference.weights_key = data_key, weights_key
 
 -- ---- reference log-probs ---------------------------------------------------------------
 
+-- This rank's share of the reference log-probs of ds's batches of bs pairs
+-- (in a job of size ranks, batches r+1, r+1+size, ... of rank r; alone, all),
+-- gathered so that every rank holds all of them: chosen, rejected as Lua
+-- lists in ds order. Each batch is the one a single process forms, so the
+-- values are those it computes.
+local function sharded_logps(ref, ds, bs)
+   local size, rank = dist.size(), dist.rank()
+   local mine, index = {}, 0
+   core.no_grad(function()
+      for b in ds:batches(bs) do
+         if index % size == rank then
+            local lp = ref:logps(b.ids, b.mask):totable() -- [2B]: chosen, then rejected
+            local parts = { string.pack("<i4i4", index + 1, b.size) }
+            for i = 1, 2 * b.size do parts[i + 1] = string.pack("<f", lp[i]) end
+            mine[#mine + 1] = table.concat(parts)
+         end
+         index = index + 1
+      end
+   end)
+   local gathered = size > 1 and dist.allgather(table.concat(mine)) or { table.concat(mine) }
+   local batches = {}
+   for _, bytes in ipairs(gathered) do
+      local at = 1
+      while at <= #bytes do
+         local i, B
+         i, B, at = string.unpack("<i4i4", bytes, at)
+         local lp = {}
+         for j = 1, 2 * B do lp[j], at = string.unpack("<f", bytes, at) end
+         batches[i] = { B = B, lp = lp }
+      end
+   end
+   local c, r, at = {}, {}, 0
+   for i = 1, index do
+      local b = batches[i] or error(format("dpo.train: reference batch %d of %d came back from no rank", i, index), 0)
+      for j = 1, b.B do
+         c[at + j], r[at + j] = b.lp[j], b.lp[b.B + j]
+      end
+      at = at + b.B
+   end
+   return c, r
+end
+
 -- The reference log-probs of every pair of ds (in ds order): chosen, rejected
--- as float32 [N] tensors, from the cache file when it is there.
+-- as float32 [N] tensors, from the cache file when it is there. In a job the
+-- ranks agree: the file is read when every rank finds it, else each computes
+-- its share (sharded_logps) and rank 0 alone writes the file.
 local function ref_table(ref, ds, opts, say)
    local key = data_key(ds) .. "-" .. weights_key(ref)
-   local path
+   local main = dist.rank() == 0
+   local path, tc, tr
    if opts.dir then
-      local ok, err = log.mkdirs(opts.dir)
-      if not ok then fail("dpo", "cannot create the reference cache: %s", err) end
+      if main then
+         local ok, err = log.mkdirs(opts.dir)
+         if not ok then fail("dpo", "cannot create the reference cache: %s", err) end
+      end
       path = format("%s/ref_logps-%s.safetensors", opts.dir, key)
       if lfs.attributes(path, "mode") == "file" then
          local t, meta = core.load(path)
          if t and t.chosen and t.rejected and t.chosen:size(1) == #ds and meta.key == key then
-            say(format("reference log-probs of %d pairs from %s", #ds, path))
-            return t.chosen, t.rejected, path, true
+            tc, tr = t.chosen, t.rejected
          end
       end
+      if dist.size() > 1 and dist.any(tc == nil) then tc, tr = nil, nil end
+      if tc then
+         say(format("reference log-probs of %d pairs from %s", #ds, path))
+         return tc, tr, path, true
+      end
    end
-   local c, r, at = {}, {}, 0
    local bs = opts.batch_size or 32
    local t0 = core.clock()
    local was = ref:is_training()
    ref:eval()
-   core.no_grad(function()
-      for b in ds:batches(bs) do
-         local lp = ref:logps(b.ids, b.mask):totable()
-         for i = 1, b.size do
-            c[at + i], r[at + i] = lp[i], lp[b.size + i]
-         end
-         at = at + b.size
-      end
-   end)
+   local ok, c, r = pcall(sharded_logps, ref, ds, bs)
    if was then ref:train(true) end
-   local tc, tr = core.tensor(c), core.tensor(r)
-   if path then
-      local ok, err = core.save(path, { chosen = tc, rejected = tr }, { key = key, pairs = #ds })
-      if not ok then say("warning: could not cache the reference log-probs: " .. err) end
+   if not ok then error(c, 0) end
+   tc, tr = core.tensor(c), core.tensor(r)
+   if path and main then
+      local okw, err = core.save(path, { chosen = tc, rejected = tr }, { key = key, pairs = #ds })
+      if not okw then say("warning: could not cache the reference log-probs: " .. err) end
    end
-   say(format("reference log-probs of %d pairs computed in %.1fs%s", #ds, core.clock() - t0,
+   say(format("reference log-probs of %d pairs computed in %.1fs%s%s", #ds, core.clock() - t0,
+              dist.size() > 1 and format(" by %d ranks", dist.size()) or "",
               path and (" (cached in " .. path .. ")") or ""))
    return tc, tr, path, false
 end
@@ -295,6 +343,8 @@ local function precompute(P, R)
       local parent = P.run.dir:match("^(.*)/[^/]+$") or "."
       dir = parent .. "/cache"
    end
+   -- in a job rank 0's run directory names it (the others have none)
+   if dist.size() > 1 then dir = dist.allgather(dir)[1] end
    local copts = { dir = dir, batch_size = o.eval_batch_size or 2 * P.bs }
    local ref = R.mode == "base" and P.model or R.model
    local function tables()

@@ -95,7 +95,9 @@
 -- ranks (see dpo.step), and the numbers are those of one process that
 -- accumulates ranks x grad_accum micro-batches (to float32 rounding). Rank 0
 -- alone writes (out, run); the others keep their records in memory and say
--- nothing. max_steps from epochs counts global batches.
+-- nothing. max_steps from epochs counts global batches. Evaluations and the
+-- precomputed reference are sharded too: each rank computes its share of the
+-- batches and the figures are gathered in the order of the batches.
 --
 -- Result: {model, optimizer, step (global), steps (this phase), metrics (the
 -- last train record), eval (the last eval record), skipped, checkpoint (the
@@ -453,18 +455,19 @@ local function save(P, at, s, complete)
 end
 
 -- The eval record at global step `step` (nil without eval_data): logged,
--- passed to on_eval, said.
+-- passed to on_eval, said. In a job each rank scores its share of the eval
+-- batches and every rank gets the global figures (dpo.eval's shard).
 local function evaluate(P, at)
    local o = P.o
    if not o.eval_data then return nil end
    local m
    if P.sft then
-      m = eval.nll(P.model, o.eval_data, { batch_size = P.eval_bs, max_pairs = o.eval_pairs })
+      m = eval.nll(P.model, o.eval_data, { batch_size = P.eval_bs, max_pairs = o.eval_pairs, shard = true })
       m.loss = m.nll
    else
       local b = P.beta or P.beta_s(math.max(at - P.first, 1), P.last_metrics)
       m = eval.preferences(P.model, P.ref.model or false, o.eval_data, {
-         batch_size = P.eval_bs, max_pairs = o.eval_pairs, beta = b, loss = P.loss_fn,
+         batch_size = P.eval_bs, max_pairs = o.eval_pairs, shard = true, beta = b, loss = P.loss_fn,
          loss_options = o.loss_options, ref_logps = P.ref.eval_lookup or reference.eval_logps(P.ref),
       })
    end

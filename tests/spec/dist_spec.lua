@@ -94,6 +94,53 @@ describe("dpo.dist", function()
       assert.is_false(dist.any(false))
    end)
 
+   -- a dataset of n pairs of different lengths, and a small random GPT-2
+   local function eval_setup(n)
+      local tok = dpo.tokenizer.bytes()
+      local list = {}
+      for i = 1, n do
+         list[i] = { prompt = "\n\nHuman: say " .. i .. ("?"):rep(i % 5) .. "\n\nAssistant:",
+                     chosen = " " .. i .. ("."):rep(i % 3), rejected = " no" .. ("!"):rep(i % 4) }
+      end
+      local ds = dpo.data.dataset(list):tokenize(tok, { max_length = 48, max_prompt_length = 40 })
+      dpo.manual_seed(7) -- the same weights on every rank
+      local cfg = { vocab_size = tok:vocab_size(), n_ctx = 48, n_layer = 1, n_head = 2, n_embd = 16 }
+      return ds, dpo.gpt.new(cfg), dpo.gpt.new(cfg):freeze()
+   end
+
+   -- model's forwards counted (a model as dpo.eval takes one: logps, modes)
+   local function counted(model)
+      local c = { rows = 0 }
+      c.logps = function(_, ids, mask)
+         c.rows = c.rows + ids:size(1)
+         return model:logps(ids, mask)
+      end
+      c.is_training = function() return model:is_training() end
+      c.eval = function() return model:eval() end
+      c.train = function(_, on) return model:train(on) end
+      return c
+   end
+
+   it("evaluates sharded: each rank its share of the batches, every rank the figures of all", function()
+      -- 11 pairs in batches of 2: 6 batches, the last of one pair
+      local ds, policy, ref = eval_setup(11)
+      local whole = dpo.eval.preferences(policy, ref, ds, { batch_size = 2, beta = 0.2 })
+      local cp = counted(policy)
+      local shared = dpo.eval.preferences(cp, ref, ds, { batch_size = 2, beta = 0.2, shard = true })
+      -- the same additions in the same order: the same bits
+      assert.are.same(whole, shared)
+      assert.are.equal(11, shared.pairs)
+      -- rank r scored batches r+1, r+1+P, ...: their pairs, chosen and rejected rows
+      local want = 0
+      for b = ENV_RANK + 1, 6, ENV_SIZE do want = want + 2 * (b == 6 and 1 or 2) end
+      assert.are.equal(want, cp.rows)
+      -- the SFT figures too, and the first max_pairs pairs only
+      local nll = dpo.eval.nll(policy, ds, { batch_size = 3, max_pairs = 7 })
+      assert.are.same(nll, dpo.eval.nll(policy, ds, { batch_size = 3, max_pairs = 7, shard = true }))
+      assert.are.equal(7, nll.pairs)
+      h.errors(function() dpo.eval.nll(policy, ds, { shard = 1 }) end, "shard must be a boolean", true)
+   end)
+
    it("meets at a barrier and counts the time spent in MPI", function()
       dist.barrier()
       local s = dist.stats()
