@@ -121,7 +121,7 @@ M.spec = {
    { "lora.r", 0, "DPO trains LoRA adapters of this rank instead of every weight (0: off)", type = "integer" },
    { "lora.alpha", 16, "LoRA alpha: the adapters are scaled by alpha / r", type = "number" },
    { "lora.dropout", 0.0, "dropout on the adapters' input while training", type = "number" },
-   { "lora.targets", "all-linear", "the modules adapted: all-linear, or a comma list of c_attn, c_proj, c_fc" },
+   { "lora.targets", "all-linear", "the modules adapted: all-linear, or a comma list (GPT-2: c_attn, c_proj, c_fc; Llama: q_proj, ..., down_proj)" },
    { "lora.merge", false, "after DPO, also write the model with the adapters folded in to OUT/merged" },
 }
 

@@ -13,10 +13,15 @@
 **   m:config(), m:clone([freeze]), m:freeze(), m:train([on]), m:eval(),
 **   m:is_training(), m:is_frozen(), m:zero_grad(), m:seed_dropout(n),
 **   m:dropout_state(), m:set_dropout_state(s), m:next_logits(ids),
-**   m:generate(ids, opts).
+**   m:generate(ids, opts),
+**   m:lora_apply(opts), m:lora(), m:lora_enable(on), m:lora_merge(),
+**   m:base_hash()  (lua/dpo/lora.lua).
 **
 ** lua/dpo/model.lua reads Hugging Face configs and checkpoints into this
 ** table and adds m:save(dir). Parameter tensors are views of the arena.
+** With adapters, the trainable tensors are the adapters' A and B, named
+** "<module>.lora_A.weight" and "<module>.lora_B.weight" (module as
+** "model.layers.0.self_attn.q_proj"); the base is frozen.
 */
 #include "bind/l_util.h"
 #include "model/llama.h"
@@ -29,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #define LLAMA_MT "dpo.Llama"
 
@@ -215,50 +221,89 @@ static int l_tostring(lua_State *L) {
         snprintf(size, sizeof size, "%.1fK params", n / 1e3);
     lua_pushfstring(L,
                     "dpo.Llama(layers=%d, heads=%d, kv_heads=%d, head_dim=%d, d=%d, ffn=%d, "
-                    "vocab=%d, ctx=%d, %s%s%s)",
+                    "vocab=%d, ctx=%d, %s%s%s%s)",
                     c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->hidden_size,
                     c->intermediate_size, c->vocab_size, c->n_ctx, size,
-                    c->tie_embeddings ? ", tied" : "", dpo_llama_frozen(*p) ? ", frozen" : "");
+                    c->tie_embeddings ? ", tied" : "", dpo_llama_lora(*p) ? ", LoRA" : "",
+                    dpo_llama_frozen(*p) ? ", frozen" : "");
     return 1;
 }
 
+/*
+** Tensor i of the model as a view, with its gradient view when it trains:
+** i < num_tensors, a base parameter; then the adapters' A and B in turn.
+*/
 static void push_param(lua_State *L, dpo_llama *m, int i) {
     dpo_error e;
-    dpo_tensor *t = dpo_llama_param_tensor(m, i, 0, &e);
-    if (t && !dpo_llama_frozen(m)) {
-        t->grad = dpo_llama_param_tensor(m, i, 1, &e);
+    int nb = dpo_llama_num_tensors(m), base = i < nb;
+    dpo_lora *lo = dpo_llama_lora(m);
+    dpo_tensor *t = base ? dpo_llama_param_tensor(m, i, 0, &e) : dpo_lora_tensor(lo, i - nb, 0, &e);
+    if (t && !dpo_llama_frozen(m) &&
+        (base ? dpo_llama_base_trainable(m) : dpo_lora_grads(lo) != NULL)) {
+        t->grad = base ? dpo_llama_param_tensor(m, i, 1, &e) : dpo_lora_tensor(lo, i - nb, 1, &e);
         t->requires_grad = 1;
     }
     dpo_l_pushtensor(L, t, &e, 0);
 }
 
-/* m:parameters() -> list of tensors in the model's order */
+/* The name of tensor i (as push_param numbers them) on the stack. */
+static void push_param_name(lua_State *L, dpo_llama *m, int i) {
+    int nb = dpo_llama_num_tensors(m);
+    if (i < nb) {
+        lua_pushstring(L, dpo_llama_param_info(m, i)->name);
+        return;
+    }
+    i -= nb;
+    lua_pushfstring(L, "%s.lora_%s.weight", dpo_lora_site_info(dpo_llama_lora(m), i / 2)->name,
+                    i % 2 == 0 ? "A" : "B");
+}
+
+/* The tensors m:parameters() lists: [first, last) in push_param's numbering. */
+static void trainable_range(dpo_llama *m, int all, int *first, int *last) {
+    int nb = dpo_llama_num_tensors(m);
+    dpo_lora *lo = dpo_llama_lora(m);
+    *first = lo && !all ? nb : 0;
+    *last = nb + (lo ? 2 * dpo_lora_num_sites(lo) : 0);
+}
+
+/* m:parameters() -> list of the trainable tensors: all in the model's order, or the adapters */
 static int l_parameters(lua_State *L) {
     dpo_llama *m = checkllama(L, 1);
-    int n = dpo_llama_num_tensors(m);
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
+    int first, last;
+    trainable_range(m, 0, &first, &last);
+    lua_createtable(L, last - first, 0);
+    for (int i = first; i < last; i++) {
         push_param(L, m, i);
-        lua_rawseti(L, -2, i + 1);
+        lua_rawseti(L, -2, i - first + 1);
     }
     return 1;
 }
 
-/* m:named_parameters() -> list of {name, tensor}, map name -> tensor */
+/*
+** m:named_parameters([all]) -> list of {name, tensor}, map name -> tensor:
+** the tensors of m:parameters(); with all, the frozen base weights of a
+** model with adapters too, first, each entry then {name, tensor, frozen}.
+*/
 static int l_named_parameters(lua_State *L) {
     dpo_llama *m = checkllama(L, 1);
-    int n = dpo_llama_num_tensors(m);
-    lua_createtable(L, n, 0);
-    lua_createtable(L, 0, n);
-    for (int i = 0; i < n; i++) {
-        lua_createtable(L, 2, 0);
-        lua_pushstring(L, dpo_llama_param_info(m, i)->name);
+    int all = lua_toboolean(L, 2), nb = dpo_llama_num_tensors(m), first, last;
+    trainable_range(m, all, &first, &last);
+    lua_createtable(L, last - first, 0);
+    lua_createtable(L, 0, last - first);
+    for (int i = first; i < last; i++) {
+        lua_createtable(L, 3, 0);
+        push_param_name(L, m, i);
         lua_rawseti(L, -2, 1);
         push_param(L, m, i);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -4, dpo_llama_param_info(m, i)->name);
+        push_param_name(L, m, i);
+        lua_pushvalue(L, -2);
+        lua_settable(L, -5);
         lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -3, i + 1);
+        if (all) {
+            lua_pushboolean(L, dpo_llama_frozen(m) || (i < nb && !dpo_llama_base_trainable(m)));
+            lua_rawseti(L, -2, 3);
+        }
+        lua_rawseti(L, -3, i - first + 1);
     }
     return 2;
 }
@@ -333,12 +378,155 @@ static int l_is_frozen(lua_State *L) {
 }
 
 /*
-** m:lora() -> nil: the model's adapters. LoRA lives in GPT-2's kernels so
-** far; the trainer and checkpoints ask every model, and a Llama has none.
+** m:lora_apply{r=8, alpha=r, dropout=0, use_rslora=false, seed=0,
+**              target_modules={...} | "all-linear" (nil: all)} -> m
+** Adapters on the matching linear modules; the base freezes.
+*/
+static int l_lora_apply(lua_State *L) {
+    static const char *const known[] = {"r",    "alpha",          "dropout", "use_rslora",
+                                        "seed", "target_modules", NULL};
+    static const char *const fn = "lora_apply";
+    dpo_llama *m = checkllama(L, 1);
+    dpo_lora_config c;
+    dpo_error e;
+    const char **targets = NULL;
+    double r, seed;
+    int n = 0;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_keys(L, 2, fn, known);
+    r = numfield(L, 2, fn, "r", 8);
+    if (r != floor(r) || r < 1 || r > 65536)
+        return luaL_error(L, "%s: option 'r' must be an integer in 1..65536 (got %f)", fn, r);
+    c.r = (int)r;
+    c.alpha = (float)numfield(L, 2, fn, "alpha", (double)c.r);
+    c.dropout = (float)numfield(L, 2, fn, "dropout", 0.0);
+    if (!(c.dropout >= 0 && c.dropout < 1))
+        return luaL_error(L, "%s: option 'dropout' must be in [0, 1) (got %f)", fn,
+                          (double)c.dropout);
+    seed = numfield(L, 2, fn, "seed", 0);
+    if (seed != floor(seed) || seed < 0 || seed > 9007199254740992.0)
+        return luaL_error(L, "%s: option 'seed' must be an integer in 0..2^53 (got %f)", fn, seed);
+    c.seed = (uint64_t)seed;
+    lua_getfield(L, 2, "use_rslora");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+        return luaL_error(L, "%s: option 'use_rslora' must be a boolean (got %s)", fn,
+                          luaL_typename(L, -1));
+    c.use_rslora = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 2, "target_modules");
+    if (lua_isnil(L, -1) ||
+        (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "all-linear") == 0)) {
+        n = 0; /* every linear module */
+    } else if (lua_type(L, -1) == LUA_TTABLE) {
+        lua_Integer len = luaL_len(L, -1);
+        if (len < 1 || len > 4096)
+            return luaL_error(L, "%s: target_modules must list 1..4096 module names", fn);
+        n = (int)len;
+        targets = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)n, 0);
+        for (int i = 0; i < n; i++) {
+            lua_geti(L, -2, i + 1);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "%s: target_modules[%d] must be a string (got %s)", fn, i + 1,
+                                  luaL_typename(L, -1));
+            targets[i] = lua_tostring(L, -1); /* kept alive by the table */
+            lua_pop(L, 1);
+        }
+    } else {
+        return luaL_error(L,
+                          "%s: option 'target_modules' must be a list of module names or "
+                          "\"all-linear\" (got %s)",
+                          fn, luaL_typename(L, -1));
+    }
+    if (dpo_llama_lora_apply(m, &c, n, targets, &e) != DPO_OK)
+        return luaL_error(L, "%s: %s", fn, e.msg);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/*
+** m:lora() -> nil, or {r, alpha, dropout, use_rslora, scale, enabled,
+** fan_in_fan_out (false: Linear weights [out, in]), num_params, modules}
 */
 static int l_lora(lua_State *L) {
-    checkllama(L, 1);
-    lua_pushnil(L);
+    dpo_lora *lo = dpo_llama_lora(checkllama(L, 1));
+    const dpo_lora_config *c;
+    int n;
+    if (!lo) {
+        lua_pushnil(L);
+        return 1;
+    }
+    c = dpo_lora_cfg(lo);
+    n = dpo_lora_num_sites(lo);
+    lua_createtable(L, 0, 9);
+    lua_pushinteger(L, c->r);
+    lua_setfield(L, -2, "r");
+    lua_pushnumber(L, c->alpha);
+    lua_setfield(L, -2, "alpha");
+    lua_pushnumber(L, c->dropout);
+    lua_setfield(L, -2, "dropout");
+    lua_pushboolean(L, c->use_rslora);
+    lua_setfield(L, -2, "use_rslora");
+    lua_pushnumber(L, dpo_lora_scale(lo));
+    lua_setfield(L, -2, "scale");
+    lua_pushboolean(L, dpo_lora_enabled(lo));
+    lua_setfield(L, -2, "enabled");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "fan_in_fan_out");
+    lua_pushinteger(L, (lua_Integer)dpo_lora_num_params(lo));
+    lua_setfield(L, -2, "num_params");
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, dpo_lora_site_info(lo, i)->name);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "modules");
+    return 1;
+}
+
+/* m:lora_enable(on) -> whether they were on: the adapters switched on or off */
+static int l_lora_enable(lua_State *L) {
+    dpo_lora *lo = dpo_llama_lora(checkllama(L, 1));
+    luaL_checkany(L, 2);
+    if (!lo) return luaL_error(L, "lora_enable: the model has no adapters");
+    lua_pushboolean(L, dpo_lora_enabled(lo));
+    dpo_lora_set_enabled(lo, lua_toboolean(L, 2));
+    return 1;
+}
+
+/* m:lora_merge() -> m: adapters folded into the base weights, which train again */
+static int l_lora_merge(lua_State *L) {
+    dpo_error e;
+    if (dpo_llama_lora_merge(checkllama(L, 1), &e) != DPO_OK)
+        return luaL_error(L, "lora_merge: %s", e.msg);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/*
+** m:base_hash() -> "crc32:xxxxxxxx-adler32:xxxxxxxx": checksums (zlib's) of
+** the architecture's sizes and the base weights' bytes, not the adapters: a
+** LoRA checkpoint names the base it was trained on.
+*/
+static int l_base_hash(lua_State *L) {
+    dpo_llama *m = checkllama(L, 1);
+    const dpo_llama_config *c = dpo_llama_cfg(m);
+    int dims[13] = {
+        c->vocab_size, c->hidden_size, c->intermediate_size, c->n_layer,  c->n_head, c->n_kv_head,
+        c->head_dim,   c->n_ctx,       c->tie_embeddings,    c->qkv_bias, c->o_bias, c->mlp_bias,
+        c->qk_norm};
+    const unsigned char *p = (const unsigned char *)dpo_llama_params(m);
+    size_t n = dpo_llama_num_params(m) * sizeof(float);
+    uLong crc = crc32(0L, (const Bytef *)dims, sizeof dims),
+          ad = adler32(1L, (const Bytef *)dims, sizeof dims);
+    char buf[48];
+    while (n > 0) { /* zlib takes uInt lengths */
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = crc32(crc, p, k);
+        ad = adler32(ad, p, k);
+        p += k, n -= k;
+    }
+    snprintf(buf, sizeof buf, "crc32:%08x-adler32:%08x", (unsigned)crc, (unsigned)ad);
+    lua_pushstring(L, buf);
     return 1;
 }
 
@@ -396,12 +584,15 @@ static int l_set_dropout_state(lua_State *L) {
 static int l_zero_grad(lua_State *L) {
     dpo_llama *m = checkllama(L, 1);
     dpo_error e;
+    dpo_lora *lo = dpo_llama_lora(m);
     for (int i = 0; i < dpo_llama_num_tensors(m); i++) {
         dpo_tensor *g = dpo_llama_param_tensor(m, i, 1, &e);
         if (!g) break;
         dpo_tensor_fill(g, 0);
         dpo_tensor_release(g);
     }
+    if (lo && dpo_lora_grads(lo))
+        memset(dpo_lora_grads(lo), 0, dpo_lora_num_params(lo) * sizeof(float));
     lua_settop(L, 1);
     return 1;
 }
@@ -537,6 +728,7 @@ static const luaL_Reg meta[] = {
 };
 
 static const luaL_Reg methods[] = {
+    {"base_hash", l_base_hash},
     {"clone", l_clone},
     {"config", l_config},
     {"dropout_state", l_dropout_state},
@@ -547,6 +739,9 @@ static const luaL_Reg methods[] = {
     {"is_training", l_is_training},
     {"logps", l_logps},
     {"lora", l_lora},
+    {"lora_apply", l_lora_apply},
+    {"lora_enable", l_lora_enable},
+    {"lora_merge", l_lora_merge},
     {"named_parameters", l_named_parameters},
     {"next_logits", l_next_logits},
     {"num_params", l_num_params},

@@ -15,6 +15,12 @@
 ** heads of D = head_dim, Q = NH * D, KVD = KV * D, QKV = Q + 2 * KVD,
 ** FF = intermediate_size (not I: complex.h's macro), V = vocab size, S
 ** scored positions. Head h reads the key/value head h / (NH / KV).
+**
+** Adapters (lora.h) are per module as PEFT names them (q_proj, k_proj,
+** v_proj, o_proj, gate_proj, up_proj, down_proj), each on its own columns of
+** the fused product (the _ld kernels); with adapters the base is frozen and
+** the backward computes no base weight gradient, only the input-gradient
+** chain down to the lowest adapted block plus the rank-r products.
 */
 #include "model/llama.h"
 #include "tensor/autograd.h"
@@ -56,21 +62,29 @@ enum {
     NP /* slots per block */
 };
 
+/* The linear modules of a block that can carry adapters, in Hugging Face order. */
+enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_G, LIN_U, LIN_D, LIN_COUNT };
+static const char *const lin_names[LIN_COUNT] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+static const int lin_param[LIN_COUNT] = {P_Q_W, P_K_W, P_V_W, P_O_W, P_G_W, P_U_W, P_D_W};
+
 /*
 ** Activations of one block, for Nt tokens (pointers into the arena). The
 ** norms' outputs and the rotated q/k are not kept: the backward recomputes
 ** them (cheap, elementwise) into buffers shared by all blocks.
 */
 typedef struct {
-    float *rstd1; /* [Nt] 1/rms of input_layernorm */
-    float *qkv;   /* [Nt, QKV] projections (with biases) */
-    float *qkn;   /* [Nt, NH + KV] 1/rms of each q and k head (Qwen3) */
-    float *att;   /* [sum_n NH * Tn * Wn] softmax probabilities */
-    float *atty;  /* [Nt, Q] attention output before o_proj */
-    float *res2;  /* [Nt, C] residual after attention */
-    float *rstd2; /* [Nt] 1/rms of post_attention_layernorm */
-    float *gu;    /* [Nt, 2I] gate, then up */
-    float *res3;  /* [Nt, C] the block's output */
+    float *rstd1;             /* [Nt] 1/rms of input_layernorm */
+    float *qkv;               /* [Nt, QKV] projections (with biases) */
+    float *qkn;               /* [Nt, NH + KV] 1/rms of each q and k head (Qwen3) */
+    float *att;               /* [sum_n NH * Tn * Wn] softmax probabilities */
+    float *atty;              /* [Nt, Q] attention output before o_proj */
+    float *res2;              /* [Nt, C] residual after attention */
+    float *rstd2;             /* [Nt] 1/rms of post_attention_layernorm */
+    float *gu;                /* [Nt, 2I] gate, then up */
+    float *res3;              /* [Nt, C] the block's output */
+    float *lora_u[LIN_COUNT]; /* [Nt, r] each: A x of the adapters, or NULL */
 } block_acts;
 
 struct dpo_llama {
@@ -83,10 +97,12 @@ struct dpo_llama {
     int chunk;          /* rows of logits computed at a time */
     size_t total;       /* floats in the parameter arena */
     float *params;      /* [total] */
-    float *grads;       /* [total], NULL when frozen */
+    float *grads;       /* [total], NULL when frozen or when adapters train instead */
     int frozen;
     int training;
     dpo_rng drop_rng;
+    dpo_lora *lora;             /* adapters, or NULL */
+    int *lora_site;             /* [L * LIN_COUNT] the adapter site of each linear module, or -1 */
     float *rope_cos, *rope_sin; /* [rope_len, D/2] */
     int rope_len;
 
@@ -111,6 +127,10 @@ struct dpo_llama {
     /* backward scratch */
     float *dres, *dln, *dbig, *dact, *datty, *dqkr, *dqkv, *dhs, *datt_scratch;
     size_t scratch_per_thread;
+    int lora_on;    /* the last forward ran the adapters */
+    int lora_drop;  /* ... with dropout on their inputs */
+    float *lora_xd; /* [Nt, max(C, Q, FF)] dropped adapter input, or its gradient */
+    float *lora_du; /* [Nt, r] */
 };
 
 /* ---- parameters -------------------------------------------------------------------- */
@@ -279,8 +299,20 @@ dpo_llama *dpo_llama_new(const dpo_llama_config *cfg, double init_std, uint64_t 
 }
 
 dpo_llama *dpo_llama_clone(const dpo_llama *src, int freeze, dpo_error *e) {
-    dpo_llama *m = llama_shell(&src->cfg, !freeze, e);
+    dpo_llama *m = llama_shell(&src->cfg, !freeze && !src->lora, e);
     if (!m) return NULL;
+    m->frozen = freeze != 0;
+    if (src->lora) {
+        size_t n = (size_t)src->cfg.n_layer * LIN_COUNT;
+        m->lora_site = (int *)malloc(n * sizeof(int));
+        m->lora = m->lora_site ? dpo_lora_clone(src->lora, !freeze, e) : NULL;
+        if (!m->lora) {
+            if (!m->lora_site) dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+            dpo_llama_release(m);
+            return NULL;
+        }
+        memcpy(m->lora_site, src->lora_site, n * sizeof(int));
+    }
     memcpy(m->params, src->params, m->total * sizeof(float));
     m->training = freeze ? 0 : src->training;
     m->drop_rng = src->drop_rng;
@@ -300,6 +332,8 @@ void dpo_llama_release(dpo_llama *m) {
     free(m->rope_sin);
     dpo_free(m->params);
     dpo_free(m->grads);
+    dpo_lora_release(m->lora);
+    free(m->lora_site);
     free(m->info);
     free(m->idx);
     free(m->blocks);
@@ -336,6 +370,115 @@ void dpo_llama_freeze(dpo_llama *m) {
     m->run++; /* a pending backward can no longer run */
 }
 
+int dpo_llama_base_trainable(const dpo_llama *m) {
+    return m->grads != NULL;
+}
+
+dpo_lora *dpo_llama_lora(dpo_llama *m) {
+    return m->lora;
+}
+
+float *dpo_llama_params(dpo_llama *m) {
+    return m->params;
+}
+
+/* The weight [out, in] of linear module k of block l. */
+static const dpo_gpt_param *linear_param(const dpo_llama *m, int l, int k) {
+    return &m->info[m->idx[(size_t)l * NP + lin_param[k]]];
+}
+
+dpo_status dpo_llama_lora_apply(dpo_llama *m, const dpo_lora_config *c, int n,
+                                const char *const *targets, dpo_error *e) {
+    int L = m->cfg.n_layer, cnt = 0;
+    size_t nlin = (size_t)L * LIN_COUNT;
+    const char **names = NULL;
+    int *dims = NULL, *site = NULL;
+    char(*full)[96] = NULL;
+    if (m->lora) {
+        dpo_fail(e, DPO_ERR_ARG, 1, "the model has adapters already (merge them first)");
+        return DPO_ERR_ARG;
+    }
+    names = (const char **)malloc(nlin * sizeof *names);
+    dims = (int *)malloc(2 * nlin * sizeof *dims);
+    site = (int *)malloc(nlin * sizeof *site);
+    full = (char(*)[96])malloc(nlin * sizeof *full);
+    if (!names || !dims || !site || !full) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+        goto fail;
+    }
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < LIN_COUNT; k++)
+            snprintf(full[l * LIN_COUNT + k], sizeof full[0], "model.layers.%d.%s", l,
+                     lin_names[k]);
+    for (int t = 0; t < n; t++) { /* a target matching nothing is a misspelling */
+        int hit = 0;
+        for (size_t j = 0; j < nlin && !hit; j++) hit = dpo_lora_matches(full[j], targets[t]);
+        if (!hit) {
+            dpo_fail(e, DPO_ERR_ARG, 2,
+                     "target module '%.100s' matches no linear module of the model (a Llama has "
+                     "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj in each layer)",
+                     targets[t]);
+            goto fail;
+        }
+    }
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            size_t j = (size_t)l * LIN_COUNT + k;
+            int hit = n == 0;
+            for (int t = 0; t < n && !hit; t++) hit = dpo_lora_matches(full[j], targets[t]);
+            site[j] = hit ? cnt : -1;
+            if (!hit) continue;
+            names[cnt] = full[j];
+            dims[cnt] = (int)linear_param(m, l, k)->shape[1];        /* in */
+            dims[nlin + cnt] = (int)linear_param(m, l, k)->shape[0]; /* out */
+            cnt++;
+        }
+    m->lora = dpo_lora_new(c, cnt, names, dims, dims + nlin, !m->frozen, e);
+    if (!m->lora) goto fail;
+    m->lora_site = site;
+    dpo_free(m->grads); /* the base is frozen: adapters train instead */
+    m->grads = NULL;
+    m->run++; /* a pending backward would write base gradients */
+    free(names);
+    free(dims);
+    free(full);
+    return DPO_OK;
+fail:
+    free(names);
+    free(dims);
+    free(site);
+    free(full);
+    return e ? e->status : DPO_ERR_MEM;
+}
+
+dpo_status dpo_llama_lora_merge(dpo_llama *m, dpo_error *e) {
+    float *g = NULL;
+    if (!m->lora) {
+        dpo_fail(e, DPO_ERR_ARG, 1, "the model has no adapters to merge");
+        return DPO_ERR_ARG;
+    }
+    if (!m->frozen) {
+        g = (float *)dpo_alloc(m->total * sizeof(float));
+        if (!g) {
+            dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for the base gradients");
+            return DPO_ERR_MEM;
+        }
+        memset(g, 0, m->total * sizeof(float));
+    }
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            int s = m->lora_site[l * LIN_COUNT + k];
+            if (s >= 0) dpo_lora_merge(m->lora, s, m->params + linear_param(m, l, k)->offset, 0);
+        }
+    dpo_lora_release(m->lora);
+    m->lora = NULL;
+    free(m->lora_site);
+    m->lora_site = NULL;
+    m->grads = g;
+    m->run++;
+    return DPO_OK;
+}
+
 static void release_model(void *ctx) {
     dpo_llama_release((dpo_llama *)ctx);
 }
@@ -359,7 +502,7 @@ static float *P_(dpo_llama *m, int l, int slot) {
 }
 static float *G_(dpo_llama *m, int l, int slot) {
     int i = m->idx[(size_t)l * NP + slot];
-    return i < 0 ? NULL : m->grads + m->info[i].offset;
+    return i < 0 || !m->grads ? NULL : m->grads + m->info[i].offset;
 }
 
 /* ---- rotary tables ------------------------------------------------------------------ */
@@ -446,6 +589,7 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
         k = (float)(a / C) * rs * rs * rs;
         for (int i = 0; i < C; i++) dx[i] += g[i] * w[i] * rs - x[i] * k;
     }
+    if (!dw) return;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < C; i++) {
         double s = 0;
@@ -467,14 +611,17 @@ static void linear_forward(float *out, const float *inp, const float *w, const f
                 b ? 1.0f : 0.0f, out, OC);
 }
 
-/* dinp = dout @ w (overwritten); dw += dout^T @ inp; db += column sums of dout (when db) */
+/* dinp = dout @ w (overwritten); dw += dout^T @ inp; db += column sums of dout
+   (dw, db NULL: a frozen weight, no gradient; dinp NULL: not needed) */
 static void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, const float *ones, int Nt, int IC, int OC) {
     if (Nt == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, IC, OC, 1.0f, dout, OC, w, IC, 0.0f,
-                dinp, IC);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, Nt, 1.0f, dout, OC, inp, IC, 1.0f,
-                dw, IC);
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, IC, OC, 1.0f, dout, OC, w, IC,
+                    0.0f, dinp, IC);
+    if (dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, Nt, 1.0f, dout, OC, inp, IC,
+                    1.0f, dw, IC);
     if (db) cblas_sgemv(CblasRowMajor, CblasTrans, Nt, OC, 1.0f, dout, OC, ones, 1, 1.0f, db, 1);
 }
 
@@ -572,7 +719,7 @@ static void rope_backward(float *dqkv, float *dqn, float *dkn, const float *dqkr
     if (!hd->qn) return;
         /* norm weights: per column, over tokens then heads in order */
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < 2 * D; i++) {
+    for (int i = 0; i < (dqn ? 2 * D : 0); i++) {
         int k = i < D; /* 1: q heads, 0: k heads */
         int c = k ? i : i - D, j0 = k ? 0 : hd->NH, j1 = k ? hd->NH : nh;
         double s = 0;
@@ -757,10 +904,11 @@ static void attention_backward(float *dqkr, const float *datty, const float *att
 ** Lay out the activation arena for N rows, Nt packed tokens, S scored
 ** positions, A attention floats per block and Tmax the longest row; nb blocks
 ** are kept (L when recording for backward, else 1, reused by every block).
+** lora: the adapters run (their rank-r activations and scratch are laid out).
 ** Reallocates only when the arena is too small. Returns 0, or -1 (e filled).
 */
 static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, int nb,
-                        int backward, dpo_error *e) {
+                        int backward, int lora, dpo_error *e) {
     const dpo_llama_config *c = &m->cfg;
     size_t C = (size_t)c->hidden_size, V = (size_t)c->vocab_size, nt = (size_t)Nt;
     size_t FF = (size_t)c->intermediate_size, D = (size_t)c->head_dim;
@@ -779,6 +927,10 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
     floats = nb * per_block + nt * FF + 3 * nt * C + nt * QKV + nt + (size_t)S * C + (size_t)S +
              (size_t)m->chunk * V + ones + scratch;
     if (backward) floats += 2 * nt * C + 3 * nt * FF + nt * Q + 2 * nt * QKV + (size_t)S * C;
+    size_t r = lora ? (size_t)dpo_lora_cfg(m->lora)->r : 0;
+    size_t widest = C > Q ? C : Q;
+    if (FF > widest) widest = FF;
+    if (lora) floats += (size_t)nb * LIN_COUNT * nt * r + nt * widest + nt * r;
     if (floats > m->acts_cap) {
         dpo_free(m->acts);
         m->acts = (float *)dpo_alloc(floats * sizeof(float));
@@ -821,6 +973,10 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
         TAKE(b->rstd2, nt);
         TAKE(b->gu, 2 * nt * FF);
         TAKE(b->res3, nt * C);
+        for (int k = 0; k < LIN_COUNT; k++) {
+            b->lora_u[k] = NULL;
+            if (lora) TAKE(b->lora_u[k], nt * r);
+        }
     }
     for (int l = nb; l < c->n_layer; l++) m->blocks[l] = m->blocks[0];
     TAKE(m->act, nt * FF);
@@ -844,11 +1000,18 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
         TAKE(m->dhs, (size_t)S * C);
     }
     TAKE(m->datt_scratch, scratch);
+    m->lora_xd = m->lora_du = NULL;
+    if (lora) {
+        TAKE(m->lora_xd, nt * widest);
+        TAKE(m->lora_du, nt * r);
+    }
     m->scratch_per_thread = (size_t)Tmax * (size_t)Tmax;
 #undef TAKE
     for (size_t i = 0; i < ones; i++) m->ones[i] = 1.0f;
     m->N = N, m->Nt = Nt, m->S = S;
     m->keep_layers = nb;
+    m->lora_on = lora;
+    m->lora_drop = lora && m->training && dpo_lora_cfg(m->lora)->dropout > 0;
     return 0;
 }
 
@@ -877,6 +1040,30 @@ static heads heads_of(dpo_llama *m, int l) {
     return hd;
 }
 
+/* y [Nt, ld] (columns of module k of block l) += its adapter on x, when it has one. */
+static void lora_fwd(dpo_llama *m, int l, int k, float *y, int ld, const float *x) {
+    int s = m->lora_on ? m->lora_site[l * LIN_COUNT + k] : -1;
+    if (s >= 0)
+        dpo_lora_forward_ld(m->lora, s, y, ld, x, m->blocks[l].lora_u[k], m->lora_xd, m->Nt,
+                            m->lora_drop ? &m->drop_rng : NULL);
+}
+
+/* dx += the adapter's input gradient (dx NULL: none wanted), dA and dB +=. */
+static void lora_bwd(dpo_llama *m, int l, int k, float *dx, const float *dy, int ld,
+                     const float *x) {
+    int s = m->lora_on ? m->lora_site[l * LIN_COUNT + k] : -1;
+    if (s >= 0)
+        dpo_lora_backward_ld(m->lora, s, dx, dy, ld, x, m->blocks[l].lora_u[k], m->lora_du,
+                             m->lora_xd, m->Nt, m->lora_drop);
+}
+
+/* Does block l have an adapter on any of modules k0 .. k1 - 1? */
+static int has_site(const dpo_llama *m, int l, int k0, int k1) {
+    for (int k = k0; k < k1; k++)
+        if (m->lora_on && m->lora_site[l * LIN_COUNT + k] >= 0) return 1;
+    return 0;
+}
+
 /* The hidden states lnf [Nt, C] of the packed tokens. */
 static void forward_hidden(dpo_llama *m) {
     const dpo_llama_config *c = &m->cfg;
@@ -894,15 +1081,22 @@ static void forward_hidden(dpo_llama *m) {
         size_t n = (size_t)Nt * C;
         rmsnorm_forward(m->ln, b->rstd1, x, P_(m, l, P_LN1), Nt, C, eps);
         linear_forward(b->qkv, m->ln, P_(m, l, P_Q_W), P_(m, l, P_Q_B), Nt, C, hd.QKV);
+        lora_fwd(m, l, LIN_Q, b->qkv, hd.QKV, m->ln);
+        lora_fwd(m, l, LIN_K, b->qkv + hd.Q, hd.QKV, m->ln);
+        lora_fwd(m, l, LIN_V, b->qkv + hd.Q + (hd.QKV - hd.Q) / 2, hd.QKV, m->ln);
         rope_forward(m->qkr, b->qkn, b->qkv, m->pos, Nt, &hd);
         attention_forward(b->atty, b->att, m->qkr, &pk, &hd);
         linear_forward(b->res2, b->atty, P_(m, l, P_O_W), P_(m, l, P_O_B), Nt, hd.Q, C);
+        lora_fwd(m, l, LIN_O, b->res2, C, b->atty);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->res2[i] += x[i];
         rmsnorm_forward(m->ln, b->rstd2, b->res2, P_(m, l, P_LN2), Nt, C, eps);
         linear_forward(b->gu, m->ln, P_(m, l, P_G_W), P_(m, l, P_G_B), Nt, C, 2 * FF);
+        lora_fwd(m, l, LIN_G, b->gu, 2 * FF, m->ln);
+        lora_fwd(m, l, LIN_U, b->gu + FF, 2 * FF, m->ln);
         swiglu_forward(m->act, b->gu, Nt, FF);
         linear_forward(b->res3, m->act, P_(m, l, P_D_W), P_(m, l, P_D_B), Nt, FF, C);
+        lora_fwd(m, l, LIN_D, b->res3, C, m->act);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->res3[i] += b->res2[i];
     }
@@ -955,14 +1149,19 @@ static void forward_head(dpo_llama *m, float *logps, float *counts) {
     free(acc);
 }
 
-/* The fused backward: dlogps [N] -> every parameter gradient (accumulated). */
+/*
+** The fused backward: dlogps [N] -> every parameter gradient (accumulated).
+** With a frozen base (m->grads NULL) only the adapters' gradients: no base
+** weight product, and nothing below the lowest adapted block.
+*/
 static void backward_all(dpo_llama *m, const float *dlogps) {
     const dpo_llama_config *c = &m->cfg;
     int Nt = m->Nt, C = c->hidden_size, V = c->vocab_size, S = m->S, L = c->n_layer;
-    int FF = c->intermediate_size;
+    int FF = c->intermediate_size, lowest = 0;
     size_t n = (size_t)Nt * C;
-    float *demb = m->grads, *dhead = m->grads + m->info[m->i_head].offset;
-    float *dnorm = m->grads + m->info[m->i_norm].offset;
+    float *G = m->grads;
+    float *demb = G, *dhead = G ? G + m->info[m->i_head].offset : NULL;
+    float *dnorm = G ? G + m->info[m->i_norm].offset : NULL;
     const float *normw = m->params + m->info[m->i_norm].offset;
     packing pk = packing_of(m);
 
@@ -981,8 +1180,9 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cn, C, V, 1.0f, m->logits, V,
                     head_weight(m), C, 0.0f, m->dhs + (size_t)s0 * C, C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, cn, 1.0f, m->logits, V,
-                    m->hs + (size_t)s0 * C, C, 1.0f, dhead, C);
+        if (dhead)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, cn, 1.0f, m->logits, V,
+                        m->hs + (size_t)s0 * C, C, 1.0f, dhead, C);
     }
     /* a packed row shared by a parent and its child may be scored twice: add */
     for (int s = 0; s < S; s++) {
@@ -993,35 +1193,57 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
     memset(m->dres, 0, n * sizeof(float));
     rmsnorm_backward(m->dres, dnorm, m->dln, m->blocks[L - 1].res3, normw, m->lnf_rstd, Nt, C);
 
-    for (int l = L - 1; l >= 0; l--) {
+    if (!G) { /* adapters only: the chain stops at the lowest adapted block */
+        lowest = L;
+        for (int l = 0; l < L && lowest == L; l++)
+            if (has_site(m, l, 0, LIN_COUNT)) lowest = l;
+    }
+    for (int l = L - 1; l >= lowest; l--) {
         block_acts *b = &m->blocks[l];
         heads hd = heads_of(m, l);
         const float *x = l == 0 ? m->encoded : m->blocks[l - 1].res3;
+        int KVD = (hd.QKV - hd.Q) / 2;
+        /* below this point, is an input gradient wanted? */
+        int below = G || l > lowest, attn = below || has_site(m, l, LIN_Q, LIN_O + 1);
+        int mlp = attn || has_site(m, l, LIN_G, LIN_U + 1);
         /* MLP branch: res3 = res2 + down(silu(gate(ln2)) * up(ln2)) */
         float eps = c->rms_eps;
         swiglu_forward(m->act, b->gu, Nt, FF); /* not kept: recomputed */
-        linear_backward(m->dact, G_(m, l, P_D_W), G_(m, l, P_D_B), m->dres, m->act, P_(m, l, P_D_W),
-                        m->ones, Nt, FF, C);
-        swiglu_backward(m->dbig, m->dact, b->gu, Nt, FF);
-        rmsnorm_forward(m->ln, NULL, b->res2, P_(m, l, P_LN2), Nt, C, eps); /* ln2, recomputed */
-        linear_backward(m->dln, G_(m, l, P_G_W), G_(m, l, P_G_B), m->dbig, m->ln, P_(m, l, P_G_W),
-                        m->ones, Nt, C, 2 * FF);
+        linear_backward(mlp ? m->dact : NULL, G_(m, l, P_D_W), G_(m, l, P_D_B), m->dres, m->act,
+                        P_(m, l, P_D_W), m->ones, Nt, FF, C);
+        lora_bwd(m, l, LIN_D, mlp ? m->dact : NULL, m->dres, C, m->act);
+        if (mlp) {
+            swiglu_backward(m->dbig, m->dact, b->gu, Nt, FF);
+            rmsnorm_forward(m->ln, NULL, b->res2, P_(m, l, P_LN2), Nt, C, eps); /* ln2 */
+            linear_backward(attn ? m->dln : NULL, G_(m, l, P_G_W), G_(m, l, P_G_B), m->dbig, m->ln,
+                            P_(m, l, P_G_W), m->ones, Nt, C, 2 * FF);
+            lora_bwd(m, l, LIN_G, attn ? m->dln : NULL, m->dbig, 2 * FF, m->ln);
+            lora_bwd(m, l, LIN_U, attn ? m->dln : NULL, m->dbig + FF, 2 * FF, m->ln);
+        }
+        if (!attn) break;
         rmsnorm_backward(m->dres, G_(m, l, P_LN2), m->dln, b->res2, P_(m, l, P_LN2), b->rstd2, Nt,
                          C);
         /* attention branch: res2 = x + o(attn(rope(norm(qkv(ln1(x)))))) */
         linear_backward(m->datty, G_(m, l, P_O_W), G_(m, l, P_O_B), m->dres, b->atty,
                         P_(m, l, P_O_W), m->ones, Nt, hd.Q, C);
+        lora_bwd(m, l, LIN_O, m->datty, m->dres, C, b->atty);
+        if (!below && !has_site(m, l, LIN_Q, LIN_V + 1)) break;
         rope_forward(m->qkr, b->qkn, b->qkv, m->pos, Nt, &hd); /* recomputed */
         attention_backward(m->dqkr, m->datty, b->att, m->qkr, &pk, &hd, Nt, m->datt_scratch,
                            m->scratch_per_thread);
         rope_backward(m->dqkv, G_(m, l, P_QN), G_(m, l, P_KN), m->dqkr, b->qkv, b->qkn, m->pos, Nt,
                       &hd);
         rmsnorm_forward(m->ln, NULL, x, P_(m, l, P_LN1), Nt, C, eps); /* ln1, recomputed */
-        linear_backward(m->dln, G_(m, l, P_Q_W), G_(m, l, P_Q_B), m->dqkv, m->ln, P_(m, l, P_Q_W),
-                        m->ones, Nt, C, hd.QKV);
+        linear_backward(below ? m->dln : NULL, G_(m, l, P_Q_W), G_(m, l, P_Q_B), m->dqkv, m->ln,
+                        P_(m, l, P_Q_W), m->ones, Nt, C, hd.QKV);
+        lora_bwd(m, l, LIN_Q, below ? m->dln : NULL, m->dqkv, hd.QKV, m->ln);
+        lora_bwd(m, l, LIN_K, below ? m->dln : NULL, m->dqkv + hd.Q, hd.QKV, m->ln);
+        lora_bwd(m, l, LIN_V, below ? m->dln : NULL, m->dqkv + hd.Q + KVD, hd.QKV, m->ln);
+        if (!below) break;
         rmsnorm_backward(m->dres, G_(m, l, P_LN1), m->dln, x, P_(m, l, P_LN1), b->rstd1, Nt, C);
     }
-    /* embeddings: scatter-add by columns so repeated tokens sum in one order */
+    if (!G) return;
+        /* embeddings: scatter-add by columns so repeated tokens sum in one order */
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < C; i++)
         for (int r = 0; r < Nt; r++) demb[(size_t)m->tok[r] * C + i] += m->dres[(size_t)r * C + i];
@@ -1043,7 +1265,7 @@ static void logps_release(void *ctx) {
 static dpo_status logps_backward(void *ctx, const dpo_tensor *gout, dpo_error *e) {
     logps_ctx *c = (logps_ctx *)ctx;
     dpo_llama *m = c->m;
-    if (m->run != c->run || m->keep_layers != m->cfg.n_layer || !m->grads) {
+    if (m->run != c->run || m->keep_layers != m->cfg.n_layer || (!m->grads && !m->lora_on)) {
         dpo_fail(e, DPO_ERR_ARG, 1,
                  "the model ran another batch (or was frozen) after these logps were computed; "
                  "call backward() before the next forward, or score all rows in one logps call");
@@ -1077,7 +1299,7 @@ static int check_length(const dpo_llama *m, int row, int len, dpo_error *e) {
 
 /* The packing of ids/mask into m's arena (see gpt.c's dpo_gpt_logps); record: for backward. */
 static int plan_batch(dpo_llama *m, const int32_t *id, const dpo_tensor *mask, int N, int T,
-                      int record, dpo_error *e) {
+                      int record, int lora, dpo_error *e) {
     int V = m->cfg.vocab_size, Nt = 0, S = 0, Tmax = 0;
     size_t A = 0;
     int *lastv, *pre, *par;
@@ -1128,7 +1350,7 @@ static int plan_batch(dpo_llama *m, const int32_t *id, const dpo_tensor *mask, i
                             T),
                    -1;
     }
-    if (ensure_arena(m, N, Nt, S, A, Tmax, record ? m->cfg.n_layer : 1, record, e)) return -1;
+    if (ensure_arena(m, N, Nt, S, A, Tmax, record ? m->cfg.n_layer : 1, record, lora, e)) return -1;
     {
         int r = 0, sc = 0;
         size_t off = 0;
@@ -1163,7 +1385,7 @@ dpo_tensor *dpo_llama_logps(dpo_llama *m, const dpo_tensor *ids_in, const dpo_te
                             int record, dpo_tensor **counts_out, dpo_error *e) {
     char a[DPO_SHAPELEN], b[DPO_SHAPELEN];
     dpo_tensor *ids, *logps = NULL, *counts = NULL;
-    int N, T, bad;
+    int N, T, bad, lora;
     int64_t nshape;
     if (ids_in->dtype != DPO_I32 || ids_in->ndim != 2)
         return dpo_fail(e, DPO_ERR_TYPE, 1, "ids must be an int32 tensor [N, T] (got %s %s)",
@@ -1176,8 +1398,9 @@ dpo_tensor *dpo_llama_logps(dpo_llama *m, const dpo_tensor *ids_in, const dpo_te
     T = (int)ids_in->shape[1];
     ids = dpo_tensor_contiguous((dpo_tensor *)ids_in, e);
     if (!ids) return NULL;
-    record = record && !m->frozen && m->grads;
-    bad = plan_batch(m, dpo_i32(ids), mask, N, T, record, e);
+    lora = m->lora && dpo_lora_enabled(m->lora);
+    record = record && !m->frozen && (m->grads || (lora && dpo_lora_grads(m->lora)));
+    bad = plan_batch(m, dpo_i32(ids), mask, N, T, record, lora, e);
     dpo_tensor_release(ids);
     if (bad) return NULL;
     nshape = N;
@@ -1242,8 +1465,10 @@ dpo_status dpo_llama_next_logits(dpo_llama *m, const int32_t *ids, int n, float 
     dpo_status st = check_prompt(m, ids, n, e);
     if (st != DPO_OK) return st;
     if (check_length(m, 1, n, e)) return DPO_ERR_SHAPE;
-    if (ensure_arena(m, 1, n, 1, (size_t)m->cfg.n_head * n * n, n, 1, 0, e))
+    if (ensure_arena(m, 1, n, 1, (size_t)m->cfg.n_head * n * n, n, 1, 0,
+                     m->lora && dpo_lora_enabled(m->lora), e))
         return e ? e->status : DPO_ERR_MEM;
+    m->lora_drop = 0;
     m->row_start[0] = 0, m->row_len[0] = n, m->att_off[0] = 0;
     m->row_pre[0] = 0, m->row_par[0] = -1, m->row_full[0] = n;
     for (int t = 0; t < n; t++) m->tok[t] = ids[t], m->pos[t] = t;
@@ -1264,10 +1489,18 @@ static void linear_vec(float *y, const float *w, const float *b, const float *x,
 ** One position through the model with a KV cache [L][cap][2 KVD] (rotated
 ** keys, then values); logits [V] out. w: scratch of cached_work floats.
 */
-static size_t cached_work(const dpo_llama_config *c, int cap) {
+static size_t cached_work(const dpo_llama *m, int cap) {
+    const dpo_llama_config *c = &m->cfg;
     size_t Q = (size_t)c->n_head * c->head_dim, QKV = Q + 2 * (size_t)c->n_kv_head * c->head_dim;
+    size_t rank = m->lora ? (size_t)dpo_lora_cfg(m->lora)->r : 0;
     return 2 * (size_t)c->hidden_size + 2 * QKV + (size_t)c->n_head + c->n_kv_head + Q +
-           3 * (size_t)c->intermediate_size + (size_t)cap;
+           3 * (size_t)c->intermediate_size + (size_t)cap + rank;
+}
+
+/* y [out] += the adapter of linear module k of block l on one position x, using u [r]. */
+static void lora_one(dpo_llama *m, int l, int k, float *y, const float *x, float *u) {
+    int s = m->lora && dpo_lora_enabled(m->lora) ? m->lora_site[l * LIN_COUNT + k] : -1;
+    if (s >= 0) dpo_lora_forward(m->lora, s, y, x, u, NULL, 1, NULL);
 }
 
 static void cached_step(dpo_llama *m, float *cache, int cap, int token, int pos, float *logits,
@@ -1280,12 +1513,16 @@ static void cached_step(dpo_llama *m, float *cache, int cap, int token, int pos,
     heads hd0 = heads_of(m, 0);
     float *x = w, *h = x + C, *qkv = h + C, *qkr = qkv + hd0.QKV, *qkn = qkr + hd0.QKV;
     float *y = qkn + c->n_head + KV, *gu = y + hd0.Q, *act = gu + 2 * FF, *att = act + FF;
+    float *u = att + cap; /* [r] */
     memcpy(x, m->params + (size_t)token * C, sizeof(float) * (size_t)C);
     for (int l = 0; l < L; l++) {
         heads hd = heads_of(m, l);
         float *kv = cache + (size_t)l * cap * 2 * KVD;
         rmsnorm_forward(h, NULL, x, P_(m, l, P_LN1), 1, C, c->rms_eps);
         linear_vec(qkv, P_(m, l, P_Q_W), P_(m, l, P_Q_B), h, C, hd.QKV);
+        lora_one(m, l, LIN_Q, qkv, h, u);
+        lora_one(m, l, LIN_K, qkv + hd.Q, h, u);
+        lora_one(m, l, LIN_V, qkv + hd.Q + KVD, h, u);
         rope_forward(qkr, qkn, qkv, &pos, 1, &hd);
         memcpy(kv + (size_t)pos * 2 * KVD, qkr + hd.Q, sizeof(float) * 2 * KVD);
         for (int hh = 0; hh < c->n_head; hh++) {
@@ -1312,11 +1549,15 @@ static void cached_step(dpo_llama *m, float *cache, int cap, int token, int pos,
             }
         }
         linear_vec(h, P_(m, l, P_O_W), P_(m, l, P_O_B), y, hd.Q, C);
+        lora_one(m, l, LIN_O, h, y, u);
         for (int i = 0; i < C; i++) x[i] += h[i];
         rmsnorm_forward(h, NULL, x, P_(m, l, P_LN2), 1, C, c->rms_eps);
         linear_vec(gu, P_(m, l, P_G_W), P_(m, l, P_G_B), h, C, 2 * FF);
+        lora_one(m, l, LIN_G, gu, h, u);
+        lora_one(m, l, LIN_U, gu + FF, h, u);
         swiglu_forward(act, gu, 1, FF);
         linear_vec(h, P_(m, l, P_D_W), P_(m, l, P_D_B), act, FF, C);
+        lora_one(m, l, LIN_D, h, act, u);
         for (int i = 0; i < C; i++) x[i] += h[i];
     }
     rmsnorm_forward(h, NULL, x, m->params + m->info[m->i_norm].offset, 1, C, c->rms_eps);
@@ -1350,7 +1591,7 @@ int32_t *dpo_llama_generate(dpo_llama *m, const int32_t *prompt, int n_prompt,
     buf = malloc((size_t)8 * (size_t)V);
     if (o->use_cache) {
         cache = (float *)dpo_alloc(sizeof(float) * (size_t)c->n_layer * (size_t)total * 2 * KVD);
-        work = (float *)malloc(sizeof(float) * cached_work(c, total));
+        work = (float *)malloc(sizeof(float) * cached_work(m, total));
     }
     if (!seq || !out || !logits || !buf || (o->use_cache && (!cache || !work))) {
         dpo_fail(e, DPO_ERR_MEM, 0, "out of memory for generation");

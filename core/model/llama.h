@@ -23,6 +23,7 @@
 
 #include "base/rng.h"
 #include "model/gpt.h" /* dpo_gen_opts */
+#include "model/lora.h"
 #include "tensor/tensor.h"
 
 typedef enum { DPO_ROPE_DEFAULT, DPO_ROPE_LINEAR, DPO_ROPE_LLAMA3 } dpo_rope_type;
@@ -68,6 +69,28 @@ size_t dpo_llama_num_params(const dpo_llama *m);
 /* Parameter i (or its gradient) as a tensor view that keeps the model alive.
 ** Gradients: NULL for a frozen model. */
 dpo_tensor *dpo_llama_param_tensor(dpo_llama *m, int i, int grad, dpo_error *e);
+
+/* The parameter arena [dpo_llama_num_params]. */
+float *dpo_llama_params(dpo_llama *m);
+
+/*
+** Low-rank adapters (lora.h) on the linear modules matching any of
+** targets[0..n) as PEFT matches target_modules ("q_proj", "mlp.down_proj";
+** n = 0: every linear module, PEFT's "all-linear" less the LM head). Each of
+** q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj is its own
+** site (model.layers.N.self_attn.q_proj), though q/k/v and gate/up are one
+** product. The base is frozen: its gradient arena is freed. An error when
+** a target matches nothing or the model has adapters already.
+*/
+dpo_status dpo_llama_lora_apply(dpo_llama *m, const dpo_lora_config *c, int n,
+                                const char *const *targets, dpo_error *e);
+/* The model's adapters (borrowed), or NULL. */
+dpo_lora *dpo_llama_lora(dpo_llama *m);
+/* Fold the adapters into the base weights (W += s B A) and drop them; the
+   base trains again unless the model is frozen. */
+dpo_status dpo_llama_lora_merge(dpo_llama *m, dpo_error *e);
+/* Does the base have a gradient arena (not frozen, no adapters)? */
+int dpo_llama_base_trainable(const dpo_llama *m);
 
 void dpo_llama_freeze(dpo_llama *m);
 int dpo_llama_frozen(const dpo_llama *m);

@@ -230,6 +230,16 @@ static void dropped(float *out, const float *x, size_t n, uint64_t seed, float p
 
 void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *u, float *xd, int Nt,
                       dpo_rng *drop) {
+    dpo_lora_forward_ld(l, i, y, l->sites[i].out, x, u, xd, Nt, drop);
+}
+
+void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const float *x,
+                       const float *u, float *du, float *xd, int Nt, int drop) {
+    dpo_lora_backward_ld(l, i, dx, dy, l->sites[i].out, x, u, du, xd, Nt, drop);
+}
+
+void dpo_lora_forward_ld(dpo_lora *l, int i, float *y, int ld, const float *x, float *u, float *xd,
+                         int Nt, dpo_rng *drop) {
     dpo_lora_site *s = &l->sites[i];
     int r = l->cfg.r, in = s->in, out = s->out;
     const float *A = l->params + s->a_off, *B = l->params + s->b_off;
@@ -242,11 +252,11 @@ void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *u, fl
     /* u [Nt, r] = x A^T ; y [Nt, out] += s u B^T */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, out, r, l->scale, u, r, B, r, 1.0f, y,
-                out);
+                ld);
 }
 
-void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const float *x,
-                       const float *u, float *du, float *xd, int Nt, int drop) {
+void dpo_lora_backward_ld(dpo_lora *l, int i, float *dx, const float *dy, int ld, const float *x,
+                          const float *u, float *du, float *xd, int Nt, int drop) {
     const dpo_lora_site *s = &l->sites[i];
     int r = l->cfg.r, in = s->in, out = s->out;
     const float *A = l->params + s->a_off, *B = l->params + s->b_off;
@@ -255,12 +265,12 @@ void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const flo
     drop = drop && p > 0;
     if (Nt <= 0) return;
     /* du [Nt, r] = s dy B */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, r, out, l->scale, dy, out, B, r,
-                0.0f, du, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, r, out, l->scale, dy, ld, B, r, 0.0f,
+                du, r);
     if (l->grads) {
         float *dA = l->grads + s->a_off, *dB = l->grads + s->b_off;
         /* dB [out, r] += s dy^T u */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, Nt, l->scale, dy, out, u, r,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, Nt, l->scale, dy, ld, u, r,
                     1.0f, dB, r);
         if (drop) {
             dropped(xd, x, n, s->drop_seed, p);

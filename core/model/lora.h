@@ -24,7 +24,9 @@
 ** layer, plus xd [Nt, max in] and du [Nt, r] scratch, in its activation
 ** arena; calls dpo_lora_forward after each adapted product and
 ** dpo_lora_backward after each adapted input gradient; merges with
-** dpo_lora_merge (fan_in_fan_out for [in, out] weights).
+** dpo_lora_merge (fan_in_fan_out for [in, out] weights). A model whose
+** products are fused over several modules (llama.c) keeps one site per
+** module and uses the _ld kernels on each module's columns.
 **
 ** Ownership: refcounted; tensors from dpo_lora_tensor keep the set alive.
 ** Errors as everywhere in the engine: a status or NULL, and a dpo_error.
@@ -108,6 +110,16 @@ void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *u, fl
 */
 void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const float *x,
                        const float *u, float *du, float *xd, int Nt, int drop);
+
+/*
+** The same two with y and dy rows ld floats apart (ld >= out): a module
+** whose output is a column block of a fused product (Llama's q_proj in the
+** [Nt, QKV] rows of q, k and v) reads and writes its columns in place.
+*/
+void dpo_lora_forward_ld(dpo_lora *l, int i, float *y, int ld, const float *x, float *u, float *xd,
+                         int Nt, dpo_rng *drop);
+void dpo_lora_backward_ld(dpo_lora *l, int i, float *dx, const float *dy, int ld, const float *x,
+                          const float *u, float *du, float *xd, int Nt, int drop);
 
 /*
 ** Fold site i into its base weight: W += s * B A. W is [out, in] (a Linear),

@@ -179,11 +179,11 @@ function checkpoint.save(dir, parts)
    log.rmtree(tmp)
    local ok, err = log.mkdirs(tmp)
    if not ok then error("save_checkpoint: " .. err, 2) end
-   local adapted = m.lora ~= nil and m:lora() ~= nil -- (adapters: GPT-2 only, for now)
+   local adapted = m:lora() ~= nil
    local good, msg = pcall(function()
       local state = parts.state or {}
       if adapted then
-         local base = parts.base or gpt.source(m) or lora.config(m).base_model_name_or_path
+         local base = parts.base or models.source(m) or lora.config(m).base_model_name_or_path
          lora.save(m, tmp, { base_model_name_or_path = base })
          state.lora = { base = base, base_hash = m:base_hash() }
       else

@@ -11,8 +11,11 @@
 --   dpo.lora.apply(model, {r = 8, alpha = 8, dropout = 0, use_rslora = false,
 --                          seed = 0, target_modules = {"c_attn"} | "all-linear"}) -> model
 --       GPT-2's linear modules are c_attn, c_proj (attention and MLP) and
---       c_fc; a name matches a module whose name is it or ends in "." .. it,
---       as in PEFT. Afterwards model:parameters() and model:named_parameters()
+--       c_fc (default {"c_attn"}); a Llama-family model's (dpo.Llama) are
+--       q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj and down_proj
+--       (default {"q_proj", "v_proj"}, as PEFT's), each its own adapter though
+--       the engine fuses q/k/v and gate/up into one product. A name matches a
+--       module whose name is it or ends in "." .. it, as in PEFT. Afterwards model:parameters() and model:named_parameters()
 --       list only the adapters' tensors ("<module>.lora_A.weight", ...), so an
 --       optimizer built from them trains exactly the adapters;
 --       model:named_parameters(true) lists the frozen base weights too, each
@@ -23,8 +26,10 @@
 --   dpo.lora.save(model, dir [, {base_model_name_or_path = s}]) -> true
 --       PEFT's layout: adapter_config.json and adapter_model.safetensors with
 --       "base_model.model.<module>.lora_A.weight" [r, in] and
---       "...lora_B.weight" [out, r] (float32). The base model's path defaults
---       to the directory dpo.gpt.load read it from.
+--       "...lora_B.weight" [out, r] (float32); for a Llama the module is
+--       "model.layers.N.self_attn.q_proj" and fan_in_fan_out false. The base
+--       model's path defaults to the directory dpo.gpt.load / dpo.model.load
+--       read it from.
 --   dpo.lora.load(model, dir) -> model
 --       applies the adapters of a directory in PEFT's layout (ours or PEFT's
 --       own): the adapted modules are those the file holds tensors for. On a
@@ -63,7 +68,7 @@ local function check_model(fn, m, need)
       error(("dpo.lora.%s: expected a model, got %s"):format(fn, type(m)), 3)
    end
    if type(m.lora_apply) ~= "function" then
-      error(("dpo.lora.%s: adapters are implemented for GPT-2 models (dpo.GPT) so far, not %s"):format(
+      error(("dpo.lora.%s: adapters are implemented for dpo.GPT and dpo.Llama models, not %s"):format(
          fn, tostring(getmetatable(m).__name)), 3)
    end
    local ok, info = pcall(m.lora, m)
@@ -117,9 +122,11 @@ function lora.apply(model, opts)
    if opts.use_rslora ~= nil and type(opts.use_rslora) ~= "boolean" then
       error(("dpo.lora.apply: use_rslora must be a boolean (got %s)"):format(type(opts.use_rslora)), 2)
    end
-   -- PEFT's default for GPT-2 (c_attn); another model's binding picks its own
+   -- PEFT's defaults: GPT-2's c_attn, a Llama's q_proj and v_proj
    local targets = opts.target_modules
-   if targets == nil and (getmetatable(model) or {}).__name == "dpo.GPT" then targets = { "c_attn" } end
+   local kind = (getmetatable(model) or {}).__name
+   if targets == nil and kind == "dpo.GPT" then targets = { "c_attn" } end
+   if targets == nil and kind == "dpo.Llama" then targets = { "q_proj", "v_proj" } end
    if type(targets) == "string" and targets ~= "all-linear" then targets = { targets } end
    if targets ~= nil and type(targets) ~= "string" then
       if type(targets) ~= "table" or #targets == 0 then
@@ -207,8 +214,13 @@ function lora.save(model, dir, opts)
    end
    local base = opts.base_model_name_or_path or info.base_model_name_or_path
    if base == nil then
+      local mod = package.loaded["dpo.model"]
       local gpt = package.loaded["dpo.gpt"]
-      base = gpt and gpt.source and gpt.source(model)
+      if mod and mod.source then
+         base = mod.source(model)
+      elseif gpt and gpt.source then
+         base = gpt.source(model)
+      end
    end
    if base ~= nil and type(base) ~= "string" then
       error("dpo.lora.save: base_model_name_or_path must be a string", 2)

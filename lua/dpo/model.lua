@@ -19,7 +19,11 @@
 --       written atomically; generation_config.json copied when the model
 --       came from a directory that has one. dtype "float32", "bfloat16" or
 --       "float16" (rounded to nearest even); by default the dtype the
---       checkpoint was loaded in, float32 for a new model.
+--       checkpoint was loaded in, float32 for a new model. A model with
+--       adapters is refused (dpo.lora.save writes them, dpo.lora.merge
+--       folds them in).
+--   dpo.model.source(model) -> dir | nil
+--       the directory a model was loaded from (a clone keeps it).
 --
 -- A config field that changes the math and is not supported (another
 -- hidden_act, rope_scaling "dynamic" or "yarn", a sliding window in use,
@@ -248,6 +252,13 @@ local function save(m, dir, opts)
       if k ~= "dtype" and k ~= "max_shard_size" then error(("save: unknown option '%s'"):format(tostring(k)), 2) end
    end
    m:config() -- a freed model raises here, before anything is made
+   local named = {}
+   for _, np in ipairs(m:named_parameters(true)) do
+      if np[1]:find(".lora_", 1, true) then
+         error("save: the model has adapters: dpo.lora.save writes them, dpo.lora.merge folds them in", 2)
+      end
+      named[np[1]] = np[2]
+   end
    local attr = lfs.attributes(dir)
    if not attr then
       local ok, err = lfs.mkdir(dir)
@@ -255,8 +266,6 @@ local function save(m, dir, opts)
    elseif attr.mode ~= "directory" then
       error(("save: %s exists and is not a directory"):format(dir), 2)
    end
-   local named = {}
-   for _, np in ipairs(m:named_parameters()) do named[np[1]] = np[2] end
    -- by default the dtype the checkpoint came in (float32 for a new model)
    local dtype = opts.dtype or (dirs[m] and sources[m] and sources[m].torch_dtype) or "float32"
    hf.save_weights(dir, named, { dtype = dtype, max_shard_size = opts.max_shard_size }, fname)
@@ -286,6 +295,12 @@ function model.hf_config(m)
    local out = {}
    for k, v in pairs(sources[m] or {}) do out[k] = v end
    return out
+end
+
+function model.source(m)
+   if not model.is_model(m) then error("dpo.model.source: expected a live model, got " .. tostring(m), 2) end
+   if getmetatable(m).__name == "dpo.GPT" then return gpt.source(m) end
+   return dirs[m]
 end
 
 -- Whether v is a model of any supported family.

@@ -4,7 +4,7 @@
 -- fused engine's specs compare against. A helper for specs, not part of dpo;
 -- load it with `local ref = dofile("tests/spec/llama_ref.lua")`.
 --
--- ref.logps(config, params, ids, mask) -> logps [N], counts [N]
+-- ref.logps(config, params, ids, mask [, hook]) -> logps [N], counts [N]
 --   config  a table with Hugging Face's config.json keys (model:config() or a
 --           decoded config.json). Required: vocab_size, hidden_size,
 --           intermediate_size, num_hidden_layers, num_attention_heads.
@@ -48,6 +48,10 @@
 --           the rest irrelevant), and a row with nothing scored gives 0.
 --   logps   float32 [N], the per-row sums, an autograd tensor;
 --   counts  float32 [N], the number of scored positions per row.
+--   hook    optional function(module, x, y) -> y', called after each linear
+--           module ("model.layers.0.self_attn.q_proj", ...) with its input
+--           x [T, in] and output y [T, out]; what it returns replaces y (a
+--           spec composes a LoRA adapter's term here).
 --
 -- The math, all in float32 (Hugging Face's modeling_llama / qwen2 / qwen3):
 --   x = embed[ids]; per layer:
@@ -301,10 +305,12 @@ local function check_params(P, shapes)
    end
 end
 
-local function linear(x, P, name)
+local function linear(x, P, name, hook)
    local y = x:mm(P[name .. ".weight"]:t())
    local b = P[name .. ".bias"]
-   return b and y + b or y
+   if b then y = y + b end
+   if hook then y = hook(name, x, y) end
+   return y
 end
 
 -- One row: inputs ids[1..T] (Lua tables, 0-based ids), targets ids[2..T+1].
@@ -324,9 +330,9 @@ local function row(c, P, inp, tgt, scored)
    for l = 0, c.L - 1 do
       local pre = "model.layers." .. l .. "."
       local a = rms(x, P[pre .. "input_layernorm.weight"], c.eps)
-      local q = linear(a, P, pre .. "self_attn.q_proj"):reshape(T, H, D)
-      local k = linear(a, P, pre .. "self_attn.k_proj"):reshape(T, KV, D)
-      local v = linear(a, P, pre .. "self_attn.v_proj"):reshape(T, KV, D)
+      local q = linear(a, P, pre .. "self_attn.q_proj", c.hook):reshape(T, H, D)
+      local k = linear(a, P, pre .. "self_attn.k_proj", c.hook):reshape(T, KV, D)
+      local v = linear(a, P, pre .. "self_attn.v_proj", c.hook):reshape(T, KV, D)
       if c.qk_norm then
          q = rms(q, P[pre .. "self_attn.q_norm.weight"], c.eps)
          k = rms(k, P[pre .. "self_attn.k_norm.weight"], c.eps)
@@ -336,10 +342,10 @@ local function row(c, P, inp, tgt, scored)
       v = v:transpose(1, 2):index_select(1, kv_of) -- [H, T, D]
       local att = dpo.where(causal, q:matmul(k:transpose(2, 3)) * scale, -math.huge):softmax(3)
       local y = att:matmul(v):transpose(1, 2):reshape(T, H * D) -- [T, H*D]
-      x = x + linear(y, P, pre .. "self_attn.o_proj")
+      x = x + linear(y, P, pre .. "self_attn.o_proj", c.hook)
       local b = rms(x, P[pre .. "post_attention_layernorm.weight"], c.eps)
-      local f = linear(b, P, pre .. "mlp.gate_proj"):silu() * linear(b, P, pre .. "mlp.up_proj")
-      x = x + linear(f, P, pre .. "mlp.down_proj")
+      local f = linear(b, P, pre .. "mlp.gate_proj", c.hook):silu() * linear(b, P, pre .. "mlp.up_proj", c.hook)
+      x = x + linear(f, P, pre .. "mlp.down_proj", c.hook)
    end
    x = rms(x, P["model.norm.weight"], c.eps)
    local head = c.tied and P["model.embed_tokens.weight"] or P["lm_head.weight"]
@@ -347,8 +353,10 @@ local function row(c, P, inp, tgt, scored)
    return (lp * dpo.tensor(scored)):sum()
 end
 
-function ref.logps(config, params, ids, mask)
+function ref.logps(config, params, ids, mask, hook)
    local c, shapes = plan(config)
+   if hook ~= nil and type(hook) ~= "function" then fail("hook must be a function") end
+   c.hook = hook
    local P = ref.as_map(params)
    check_params(P, shapes)
    if not (dpo.is_tensor(ids) and ids:dtype() == "int32" and ids:dim() == 2) then

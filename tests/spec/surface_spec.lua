@@ -1559,7 +1559,8 @@ case("dpo.model.is_model", {
 })
 
 for _, name in ipairs { "config", "eval", "freeze", "is_frozen", "is_training", "named_parameters",
-                        "num_params", "parameters", "zero_grad", "dropout_state", "lora" } do
+                        "num_params", "parameters", "zero_grad", "dropout_state", "lora",
+                        "base_hash" } do
    case("dpo.Llama." .. name, { args = { SELF_LMODEL() } })
 end
 case("dpo.Llama.clone", { args = { SELF_LMODEL(), S.opt(S.any(true)) } })
@@ -1677,7 +1678,8 @@ case("dpo.lora.apply", {
    check = function(m) assert.are.equal(2, m:lora().r) end,
    extra = function(t)
       t.fails("adapters twice", dpo.lora.apply, lora_model(), {})
-      t.fails("a Llama (adapters are GPT-2's so far)", dpo.lora.apply, lmodel(), {})
+      t.works("a Llama", dpo.lora.apply, lmodel(), { target_modules = "all-linear" })
+      t.fails("a target a Llama lacks", dpo.lora.apply, lmodel(), { target_modules = { "c_attn" } })
       t.fails("a target GPT-2 lacks", dpo.lora.apply, model(), { target_modules = { "q_proj" } })
       t.fails("a target that is a number", dpo.lora.apply, model(), { target_modules = { 1 } })
       t.fails("a huge rank", dpo.lora.apply, model(), { r = 100000 })
@@ -1700,6 +1702,38 @@ case("dpo.GPT.lora_enable", {
 case("dpo.GPT.lora_merge", {
    args = { LORA_MODEL },
    extra = function(t) t.fails("a model without adapters", dpo.GPT.lora_merge, model()) end,
+})
+local function llora_model() return dpo.lora.apply(lmodel(), { r = 2 }) end
+local LLORA_MODEL = S.obj(llora_model, DEAD_LMODEL)
+case("dpo.Llama.lora_apply", {
+   args = { SELF_LMODEL(), S.opts({ r = S.opt(S.int(2)), alpha = S.opt(S.fin(4)),
+                                     dropout = S.opt(S.fin(0, { bad = OUT_OF_RANGE })),
+                                     use_rslora = S.opt(S.bool(true)),
+                                     seed = S.opt(S.int(1, { ok = ANY_INT })),
+                                     target_modules = S.opt(S.any({ "q_proj" })) },
+                                   { strict = true }) },
+   extra = function(t)
+      t.fails("target_modules a number", dpo.Llama.lora_apply, lmodel(), { target_modules = 3 })
+      t.fails("r = 0", dpo.Llama.lora_apply, lmodel(), { r = 0 })
+      t.fails("adapters twice", dpo.Llama.lora_apply, llora_model(), {})
+   end,
+})
+case("dpo.Llama.lora_enable", {
+   args = { LLORA_MODEL, S.any(false) },
+   check = function(was) assert.is_true(was) end,
+   extra = function(t) t.fails("a model without adapters", dpo.Llama.lora_enable, lmodel(), true) end,
+})
+case("dpo.Llama.lora_merge", {
+   args = { LLORA_MODEL },
+   extra = function(t) t.fails("a model without adapters", dpo.Llama.lora_merge, lmodel()) end,
+})
+case("dpo.model.source", {
+   args = { S.obj(function() return dpo.model.load(F.lmodel) end, DEAD_LMODEL) },
+   check = function(dir) assert.are.equal(F.lmodel, dir) end,
+   extra = function(t)
+      t.works("a GPT", dpo.model.source, dpo.gpt.load(F.model))
+      t.works("a new model", dpo.model.source, lmodel())
+   end,
 })
 case("dpo.lora.config", {
    args = { LORA_MODEL },
