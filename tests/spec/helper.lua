@@ -97,6 +97,25 @@ function h.errors(fn, pattern, plain)
 end
 
 -- Escape Lua pattern magic characters, for messages with ( ) . - [ ] etc.
+-- Whether tensor a is within atol + rtol * max|b| of b everywhere; also the
+-- largest difference and max|b| (for messages).
+function h.close(a, b, atol, rtol)
+   local d = (a - b):abs():max():item()
+   local s = b:abs():max():item()
+   return d <= atol + rtol * s, d, s
+end
+
+-- Whether two float32 tensors hold the same bits, element by element (and
+-- the first index that differs).
+function h.same_bits(a, b)
+   local x, y = a:reshape(-1):totable(), b:reshape(-1):totable()
+   if #x ~= #y then return false end
+   for i = 1, #x do
+      if string.pack("<f", x[i]) ~= string.pack("<f", y[i]) then return false, i end
+   end
+   return true
+end
+
 function h.escape(s)
    return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
 end

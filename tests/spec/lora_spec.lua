@@ -115,24 +115,13 @@ local function scramble(m, seed, lora_std, lora_only)
    return m
 end
 
-local function close(a, b, atol, rtol)
-   local d = (a - b):abs():max():item()
-   local s = b:abs():max():item()
-   return d <= atol + rtol * s, d
-end
+local close = h.close
 
 local function nolp(m, ids, mask)
    return dpo.no_grad(function() return m:logps(ids or IDS, mask or MASK) end)
 end
 
-local function same_bits(a, b)
-   local x, y = a:reshape(-1):totable(), b:reshape(-1):totable()
-   if #x ~= #y then return false end
-   for i = 1, #x do
-      if string.pack("<f", x[i]) ~= string.pack("<f", y[i]) then return false, i end
-   end
-   return true
-end
+local same_bits = h.same_bits
 
 describe("dpo.lora", function()
    teardown(function() h.cleanup() end)
