@@ -67,10 +67,6 @@ local function check_model(fn, m, need)
    if not is_model(m) then
       error(("dpo.lora.%s: expected a model, got %s"):format(fn, type(m)), 3)
    end
-   if type(m.lora_apply) ~= "function" then
-      error(("dpo.lora.%s: adapters are implemented for dpo.GPT and dpo.Llama models, not %s"):format(
-         fn, tostring(getmetatable(m).__name)), 3)
-   end
    local ok, info = pcall(m.lora, m)
    if not ok then -- a freed model
       error(("dpo.lora.%s: %s"):format(fn, tostring(info):gsub("^.-%((.*)%)$", "%1")), 3)
