@@ -14,7 +14,8 @@
 ** linear products of a block its adapter adds s * B (A x), and after each
 ** input gradient its backward; with adapters the base is frozen, and no
 ** base weight gradient is computed (no dW, db, LayerNorm or embedding sums),
-** so the backward is the input-gradient chain plus rank-r products.
+** so the backward is the input-gradient chain plus rank-r products, and the
+** head's input gradient is prepared in the forward (head_unit_grad).
 **
 ** Shapes: Nt tokens in the packed batch, C = n_embd, NH heads of HS = C / NH,
 ** V = vocab size, S scored positions. Per row n of the batch, Tn tokens of
@@ -76,7 +77,7 @@ typedef struct {
     float *res3;              /* [Nt, C] residual after the MLP: the block's output */
     unsigned char *mask;      /* dropout masks, or NULL: [Nt*C] attn out, [Nt*C] mlp out */
     uint64_t att_seed;        /* seed of this block's attention-dropout masks */
-    float *lora_u[LIN_COUNT]; /* [Nt, r] each: A x of the adapters, or NULL */
+    float *lora_u[LIN_COUNT]; /* [r, Nt] each: (A x)^T of the adapters, or NULL */
 } block_acts;
 
 struct dpo_gpt {
@@ -119,7 +120,8 @@ struct dpo_gpt {
     int lora_on;    /* the last forward ran the adapters */
     int lora_drop;  /* ... with dropout on their inputs */
     float *lora_xd; /* [Nt, 4C] dropped adapter input, or its gradient */
-    float *lora_du; /* [Nt, r] */
+    float *lora_du; /* [r, Nt] */
+    int head_unit;  /* dhs holds the head's unit input gradients (head_unit_grad) */
     /* backward scratch */
     float *dres, *dln, *dbig, *dqkv, *datty, *dhs, *datt_scratch;
     size_t scratch_per_thread;
@@ -1032,8 +1034,28 @@ static void row_lse(const float *row, int V, float *lse) {
     *lse = mx + (float)log(s);
 }
 
+/*
+** With a frozen base the head's only gradient is its input's: for scored
+** position s, dhs[s] = dlogps[row of s] * (onehot(target) - softmax) W. All
+** of it but the factor dlogps is known in the forward, so the forward computes
+** it into dhs while the chunk's logits are at hand, and the backward only
+** scales it: no second pass over the vocabulary.
+*/
+static void head_unit_grad(dpo_gpt *m, int s0, int n) {
+    int C = m->cfg.n_embd, V = m->cfg.vocab_size;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        float lse = m->lse[s0 + i], *row = m->logits + (size_t)i * V;
+#pragma omp simd
+        for (int v = 0; v < V; v++) row[v] = -vexpf(row[v] - lse);
+        row[m->sc_tok[s0 + i]] += 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, 1.0f, m->logits, V, m->params,
+                C, 0.0f, m->dhs + (size_t)s0 * C, C);
+}
+
 /* Per scored position: log p(target); summed per row into logps [N]. */
-static void forward_head(dpo_gpt *m, float *logps, float *counts) {
+static void forward_head(dpo_gpt *m, float *logps, float *counts, int unit) {
     int C = m->cfg.n_embd, V = m->cfg.vocab_size, S = m->S;
     double *acc = (double *)calloc((size_t)m->N + 1, sizeof(double));
 #pragma omp parallel for schedule(static)
@@ -1050,7 +1072,9 @@ static void forward_head(dpo_gpt *m, float *logps, float *counts) {
             if (acc) acc[m->sc_seq[s]] += lp;
             if (counts) counts[m->sc_seq[s]] += 1.0f;
         }
+        if (unit) head_unit_grad(m, s0, n);
     }
+    m->head_unit = unit;
     for (int n = 0; n < m->N; n++) logps[n] = acc ? (float)acc[n] : NAN;
     free(acc);
 }
@@ -1078,7 +1102,12 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
 
     /* LM head: dlogits = g * (onehot(target) - softmax), recomputed per chunk */
     memset(m->dln, 0, n * sizeof(float));
-    for (int s0 = 0; s0 < S; s0 += m->chunk) {
+    if (m->head_unit) /* computed in the forward but for g */
+        for (int s = 0; s < S; s++) {
+            float g = dlogps[m->sc_seq[s]], *d = m->dhs + (size_t)s * C;
+            for (int i = 0; i < C; i++) d[i] *= g;
+        }
+    for (int s0 = 0; s0 < S && !m->head_unit; s0 += m->chunk) {
         int cn = S - s0 < m->chunk ? S - s0 : m->chunk;
         head_chunk(m, s0, cn);
 #pragma omp parallel for schedule(static)
@@ -1323,7 +1352,7 @@ dpo_tensor *dpo_gpt_logps(dpo_gpt *m, const dpo_tensor *ids_in, const dpo_tensor
         return NULL;
     }
     if (Nt > 0) forward_hidden(m, m->training && m->cfg.dropout > 0);
-    forward_head(m, dpo_f32(logps), dpo_f32(counts));
+    forward_head(m, dpo_f32(logps), dpo_f32(counts), record && !m->grads);
     if (record) {
         logps_ctx *c = (logps_ctx *)malloc(sizeof *c);
         dpo_custom cu;

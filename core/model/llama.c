@@ -18,9 +18,11 @@
 **
 ** Adapters (lora.h) are per module as PEFT names them (q_proj, k_proj,
 ** v_proj, o_proj, gate_proj, up_proj, down_proj), each on its own columns of
-** the fused product (the _ld kernels); with adapters the base is frozen and
-** the backward computes no base weight gradient, only the input-gradient
-** chain down to the lowest adapted block plus the rank-r products.
+** the fused product; those reading one input (q, k, v; gate, up) run as a
+** group whose A products batch. With adapters the base is frozen and the
+** backward computes no base weight gradient, only the input-gradient chain
+** down to the lowest adapted block plus the rank-r products; the head's
+** input gradient is then prepared in the forward (head_unit_grad).
 */
 #include "model/llama.h"
 #include "tensor/autograd.h"
@@ -84,7 +86,7 @@ typedef struct {
     float *rstd2;             /* [Nt] 1/rms of post_attention_layernorm */
     float *gu;                /* [Nt, 2I] gate, then up */
     float *res3;              /* [Nt, C] the block's output */
-    float *lora_u[LIN_COUNT]; /* [Nt, r] each: A x of the adapters, or NULL */
+    float *lora_u[LIN_COUNT]; /* [r, Nt] each: (A x)^T of the adapters, or NULL */
 } block_acts;
 
 struct dpo_llama {
@@ -130,7 +132,8 @@ struct dpo_llama {
     int lora_on;    /* the last forward ran the adapters */
     int lora_drop;  /* ... with dropout on their inputs */
     float *lora_xd; /* [Nt, max(C, Q, FF)] dropped adapter input, or its gradient */
-    float *lora_du; /* [Nt, r] */
+    float *lora_du; /* [3 r, Nt]: a group of up to three */
+    int head_unit;  /* dhs holds the head's unit input gradients (head_unit_grad) */
 };
 
 /* ---- parameters -------------------------------------------------------------------- */
@@ -930,7 +933,7 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
     size_t r = lora ? (size_t)dpo_lora_cfg(m->lora)->r : 0;
     size_t widest = C > Q ? C : Q;
     if (FF > widest) widest = FF;
-    if (lora) floats += (size_t)nb * LIN_COUNT * nt * r + nt * widest + nt * r;
+    if (lora) floats += (size_t)nb * LIN_COUNT * nt * r + nt * widest + 3 * nt * r;
     if (floats > m->acts_cap) {
         dpo_free(m->acts);
         m->acts = (float *)dpo_alloc(floats * sizeof(float));
@@ -973,7 +976,7 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
         TAKE(b->rstd2, nt);
         TAKE(b->gu, 2 * nt * FF);
         TAKE(b->res3, nt * C);
-        for (int k = 0; k < LIN_COUNT; k++) {
+        for (int k = 0; k < LIN_COUNT; k++) { /* contiguous: a group's [n r, Nt] */
             b->lora_u[k] = NULL;
             if (lora) TAKE(b->lora_u[k], nt * r);
         }
@@ -1003,7 +1006,7 @@ static int ensure_arena(dpo_llama *m, int N, int Nt, int S, size_t A, int Tmax, 
     m->lora_xd = m->lora_du = NULL;
     if (lora) {
         TAKE(m->lora_xd, nt * widest);
-        TAKE(m->lora_du, nt * r);
+        TAKE(m->lora_du, 3 * nt * r);
     }
     m->scratch_per_thread = (size_t)Tmax * (size_t)Tmax;
 #undef TAKE
@@ -1040,21 +1043,41 @@ static heads heads_of(dpo_llama *m, int l) {
     return hd;
 }
 
-/* y [Nt, ld] (columns of module k of block l) += its adapter on x, when it has one. */
-static void lora_fwd(dpo_llama *m, int l, int k, float *y, int ld, const float *x) {
-    int s = m->lora_on ? m->lora_site[l * LIN_COUNT + k] : -1;
-    if (s >= 0)
-        dpo_lora_forward_ld(m->lora, s, y, ld, x, m->blocks[l].lora_u[k], m->lora_xd, m->Nt,
-                            m->lora_drop ? &m->drop_rng : NULL);
+/*
+** The adapted ones among modules k0 .. k1 - 1 of block l, which read the same
+** input x and write columns col[k - k0] of one fused product, as a group: the
+** sites of one block's modules follow each other, so their A products batch.
+** Their rank-r activations live in lora_u[k0] .. (laid out contiguously).
+** Returns how many are adapted, their sites and columns in site[] and cols[].
+*/
+static int lora_group(const dpo_llama *m, int l, int k0, int k1, const int *col, int *site,
+                      int *cols) {
+    int n = 0;
+    for (int k = k0; k < k1 && m->lora_on; k++) {
+        int s = m->lora_site[l * LIN_COUNT + k];
+        if (s >= 0) site[n] = s, cols[n++] = col[k - k0];
+    }
+    return n;
 }
 
-/* dx += the adapter's input gradient (dx NULL: none wanted), dA and dB +=. */
-static void lora_bwd(dpo_llama *m, int l, int k, float *dx, const float *dy, int ld,
+static const int col0[1] = {0}; /* a module alone in its product */
+
+/* y [Nt, ld] += the adapters of modules k0 .. k1 - 1 of block l on x (see lora_group). */
+static void lora_fwd(dpo_llama *m, int l, int k0, int k1, const int *col, float *y, int ld,
                      const float *x) {
-    int s = m->lora_on ? m->lora_site[l * LIN_COUNT + k] : -1;
-    if (s >= 0)
-        dpo_lora_backward_ld(m->lora, s, dx, dy, ld, x, m->blocks[l].lora_u[k], m->lora_du,
-                             m->lora_xd, m->Nt, m->lora_drop);
+    int site[LIN_COUNT], cols[LIN_COUNT], n = lora_group(m, l, k0, k1, col, site, cols);
+    if (n)
+        dpo_lora_forward_group(m->lora, n, site, cols, y, ld, x, m->blocks[l].lora_u[k0],
+                               m->lora_xd, m->Nt, m->lora_drop ? &m->drop_rng : NULL);
+}
+
+/* dx += their input gradient (dx NULL: none wanted); their dA and dB +=. */
+static void lora_bwd(dpo_llama *m, int l, int k0, int k1, const int *col, float *dx,
+                     const float *dy, int ld, const float *x) {
+    int site[LIN_COUNT], cols[LIN_COUNT], n = lora_group(m, l, k0, k1, col, site, cols);
+    if (n)
+        dpo_lora_backward_group(m->lora, n, site, cols, dx, dy, ld, x, m->blocks[l].lora_u[k0],
+                                m->lora_du, m->lora_xd, m->Nt, m->lora_drop);
 }
 
 /* Does block l have an adapter on any of modules k0 .. k1 - 1? */
@@ -1079,24 +1102,22 @@ static void forward_hidden(dpo_llama *m) {
         heads hd = heads_of(m, l);
         const float *x = l == 0 ? m->encoded : m->blocks[l - 1].res3;
         size_t n = (size_t)Nt * C;
+        int qkv_cols[3] = {0, hd.Q, hd.Q + (hd.QKV - hd.Q) / 2}, gu_cols[2] = {0, FF};
         rmsnorm_forward(m->ln, b->rstd1, x, P_(m, l, P_LN1), Nt, C, eps);
         linear_forward(b->qkv, m->ln, P_(m, l, P_Q_W), P_(m, l, P_Q_B), Nt, C, hd.QKV);
-        lora_fwd(m, l, LIN_Q, b->qkv, hd.QKV, m->ln);
-        lora_fwd(m, l, LIN_K, b->qkv + hd.Q, hd.QKV, m->ln);
-        lora_fwd(m, l, LIN_V, b->qkv + hd.Q + (hd.QKV - hd.Q) / 2, hd.QKV, m->ln);
+        lora_fwd(m, l, LIN_Q, LIN_V + 1, qkv_cols, b->qkv, hd.QKV, m->ln);
         rope_forward(m->qkr, b->qkn, b->qkv, m->pos, Nt, &hd);
         attention_forward(b->atty, b->att, m->qkr, &pk, &hd);
         linear_forward(b->res2, b->atty, P_(m, l, P_O_W), P_(m, l, P_O_B), Nt, hd.Q, C);
-        lora_fwd(m, l, LIN_O, b->res2, C, b->atty);
+        lora_fwd(m, l, LIN_O, LIN_O + 1, col0, b->res2, C, b->atty);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->res2[i] += x[i];
         rmsnorm_forward(m->ln, b->rstd2, b->res2, P_(m, l, P_LN2), Nt, C, eps);
         linear_forward(b->gu, m->ln, P_(m, l, P_G_W), P_(m, l, P_G_B), Nt, C, 2 * FF);
-        lora_fwd(m, l, LIN_G, b->gu, 2 * FF, m->ln);
-        lora_fwd(m, l, LIN_U, b->gu + FF, 2 * FF, m->ln);
+        lora_fwd(m, l, LIN_G, LIN_U + 1, gu_cols, b->gu, 2 * FF, m->ln);
         swiglu_forward(m->act, b->gu, Nt, FF);
         linear_forward(b->res3, m->act, P_(m, l, P_D_W), P_(m, l, P_D_B), Nt, FF, C);
-        lora_fwd(m, l, LIN_D, b->res3, C, m->act);
+        lora_fwd(m, l, LIN_D, LIN_D + 1, col0, b->res3, C, m->act);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) b->res3[i] += b->res2[i];
     }
@@ -1126,8 +1147,28 @@ static void row_lse(const float *row, int V, float *lse) {
     *lse = mx + (float)log(s);
 }
 
+/*
+** With a frozen base the head's only gradient is its input's: for scored
+** position s, dhs[s] = dlogps[row of s] * (onehot(target) - softmax) W. All
+** of it but the factor dlogps is known in the forward, so the forward computes
+** it into dhs while the chunk's logits are at hand, and the backward only
+** scales it: no second pass over the vocabulary.
+*/
+static void head_unit_grad(dpo_llama *m, int s0, int n) {
+    int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        float lse = m->lse[s0 + i], *row = m->logits + (size_t)i * V;
+#pragma omp simd
+        for (int v = 0; v < V; v++) row[v] = -vexpf(row[v] - lse);
+        row[m->sc_tok[s0 + i]] += 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, 1.0f, m->logits, V,
+                head_weight(m), C, 0.0f, m->dhs + (size_t)s0 * C, C);
+}
+
 /* Per scored position: log p(target); summed per row into logps [N]. */
-static void forward_head(dpo_llama *m, float *logps, float *counts) {
+static void forward_head(dpo_llama *m, float *logps, float *counts, int unit) {
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size, S = m->S;
     double *acc = (double *)calloc((size_t)m->N + 1, sizeof(double));
 #pragma omp parallel for schedule(static)
@@ -1144,7 +1185,9 @@ static void forward_head(dpo_llama *m, float *logps, float *counts) {
             if (acc) acc[m->sc_seq[s]] += lp;
             if (counts) counts[m->sc_seq[s]] += 1.0f;
         }
+        if (unit) head_unit_grad(m, s0, n);
     }
+    m->head_unit = unit;
     for (int n = 0; n < m->N; n++) logps[n] = acc ? (float)acc[n] : NAN;
     free(acc);
 }
@@ -1167,7 +1210,12 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
 
     /* LM head: dlogits = g * (onehot(target) - softmax), recomputed per chunk */
     memset(m->dln, 0, n * sizeof(float));
-    for (int s0 = 0; s0 < S; s0 += m->chunk) {
+    if (m->head_unit) /* computed in the forward but for g */
+        for (int s = 0; s < S; s++) {
+            float g = dlogps[m->sc_seq[s]], *d = m->dhs + (size_t)s * C;
+            for (int i = 0; i < C; i++) d[i] *= g;
+        }
+    for (int s0 = 0; s0 < S && !m->head_unit; s0 += m->chunk) {
         int cn = S - s0 < m->chunk ? S - s0 : m->chunk;
         head_chunk(m, s0, cn);
 #pragma omp parallel for schedule(static)
@@ -1202,7 +1250,7 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
         block_acts *b = &m->blocks[l];
         heads hd = heads_of(m, l);
         const float *x = l == 0 ? m->encoded : m->blocks[l - 1].res3;
-        int KVD = (hd.QKV - hd.Q) / 2;
+        int KVD = (hd.QKV - hd.Q) / 2, qkv_cols[3] = {0, hd.Q, hd.Q + KVD}, gu_cols[2] = {0, FF};
         /* below this point, is an input gradient wanted? */
         int below = G || l > lowest, attn = below || has_site(m, l, LIN_Q, LIN_O + 1);
         int mlp = attn || has_site(m, l, LIN_G, LIN_U + 1);
@@ -1211,14 +1259,13 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
         swiglu_forward(m->act, b->gu, Nt, FF); /* not kept: recomputed */
         linear_backward(mlp ? m->dact : NULL, G_(m, l, P_D_W), G_(m, l, P_D_B), m->dres, m->act,
                         P_(m, l, P_D_W), m->ones, Nt, FF, C);
-        lora_bwd(m, l, LIN_D, mlp ? m->dact : NULL, m->dres, C, m->act);
+        lora_bwd(m, l, LIN_D, LIN_D + 1, col0, mlp ? m->dact : NULL, m->dres, C, m->act);
         if (mlp) {
             swiglu_backward(m->dbig, m->dact, b->gu, Nt, FF);
             rmsnorm_forward(m->ln, NULL, b->res2, P_(m, l, P_LN2), Nt, C, eps); /* ln2 */
             linear_backward(attn ? m->dln : NULL, G_(m, l, P_G_W), G_(m, l, P_G_B), m->dbig, m->ln,
                             P_(m, l, P_G_W), m->ones, Nt, C, 2 * FF);
-            lora_bwd(m, l, LIN_G, attn ? m->dln : NULL, m->dbig, 2 * FF, m->ln);
-            lora_bwd(m, l, LIN_U, attn ? m->dln : NULL, m->dbig + FF, 2 * FF, m->ln);
+            lora_bwd(m, l, LIN_G, LIN_U + 1, gu_cols, attn ? m->dln : NULL, m->dbig, 2 * FF, m->ln);
         }
         if (!attn) break;
         rmsnorm_backward(m->dres, G_(m, l, P_LN2), m->dln, b->res2, P_(m, l, P_LN2), b->rstd2, Nt,
@@ -1226,7 +1273,7 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
         /* attention branch: res2 = x + o(attn(rope(norm(qkv(ln1(x)))))) */
         linear_backward(m->datty, G_(m, l, P_O_W), G_(m, l, P_O_B), m->dres, b->atty,
                         P_(m, l, P_O_W), m->ones, Nt, hd.Q, C);
-        lora_bwd(m, l, LIN_O, m->datty, m->dres, C, b->atty);
+        lora_bwd(m, l, LIN_O, LIN_O + 1, col0, m->datty, m->dres, C, b->atty);
         if (!below && !has_site(m, l, LIN_Q, LIN_V + 1)) break;
         rope_forward(m->qkr, b->qkn, b->qkv, m->pos, Nt, &hd); /* recomputed */
         attention_backward(m->dqkr, m->datty, b->att, m->qkr, &pk, &hd, Nt, m->datt_scratch,
@@ -1236,9 +1283,7 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
         rmsnorm_forward(m->ln, NULL, x, P_(m, l, P_LN1), Nt, C, eps); /* ln1, recomputed */
         linear_backward(below ? m->dln : NULL, G_(m, l, P_Q_W), G_(m, l, P_Q_B), m->dqkv, m->ln,
                         P_(m, l, P_Q_W), m->ones, Nt, C, hd.QKV);
-        lora_bwd(m, l, LIN_Q, below ? m->dln : NULL, m->dqkv, hd.QKV, m->ln);
-        lora_bwd(m, l, LIN_K, below ? m->dln : NULL, m->dqkv + hd.Q, hd.QKV, m->ln);
-        lora_bwd(m, l, LIN_V, below ? m->dln : NULL, m->dqkv + hd.Q + KVD, hd.QKV, m->ln);
+        lora_bwd(m, l, LIN_Q, LIN_V + 1, qkv_cols, below ? m->dln : NULL, m->dqkv, hd.QKV, m->ln);
         if (!below) break;
         rmsnorm_backward(m->dres, G_(m, l, P_LN1), m->dln, x, P_(m, l, P_LN1), b->rstd1, Nt, C);
     }
@@ -1411,7 +1456,7 @@ dpo_tensor *dpo_llama_logps(dpo_llama *m, const dpo_tensor *ids_in, const dpo_te
         return NULL;
     }
     if (m->Nt > 0) forward_hidden(m);
-    forward_head(m, dpo_f32(logps), dpo_f32(counts));
+    forward_head(m, dpo_f32(logps), dpo_f32(counts), record && !m->grads);
     if (record) {
         logps_ctx *c = (logps_ctx *)malloc(sizeof *c);
         dpo_custom cu;

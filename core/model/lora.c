@@ -28,8 +28,9 @@ struct dpo_lora {
     int nsites;
     dpo_lora_site *sites; /* [nsites] */
     size_t total;         /* floats in each arena */
-    float *params;        /* [total]: A then B of each site in turn */
+    float *params;        /* [total]: every site's A in turn, then every B */
     float *grads;         /* [total], or NULL */
+    float *dbt;           /* [r, widest out]: dB^T in a backward (with grads) */
 };
 
 /* ---- the set ------------------------------------------------------------------------- */
@@ -75,20 +76,28 @@ static dpo_lora *shell(const dpo_lora_config *c, int n, const char *const *names
         s->in = in[i], s->out = out[i];
         s->a_off = l->total;
         l->total += r * (size_t)in[i];
-        s->b_off = l->total;
+    }
+    for (int i = 0; i < n; i++) {
+        l->sites[i].b_off = l->total;
         l->total += (size_t)out[i] * r;
     }
     l->params = (float *)dpo_alloc(l->total * sizeof(float));
     if (!l->params) goto oom;
     if (with_grads) {
+        size_t widest = 0;
+        for (int i = 0; i < n; i++)
+            if ((size_t)out[i] > widest) widest = (size_t)out[i];
         l->grads = (float *)dpo_alloc(l->total * sizeof(float));
-        if (!l->grads) goto oom;
+        l->dbt = (float *)dpo_alloc(r * widest * sizeof(float));
+        if (!l->grads || !l->dbt) goto oom;
         memset(l->grads, 0, l->total * sizeof(float));
     }
     return l;
 oom:
     if (l) {
         dpo_free(l->params);
+        dpo_free(l->grads);
+        dpo_free(l->dbt);
         free(l->sites);
         free(l);
     }
@@ -145,6 +154,7 @@ void dpo_lora_release(dpo_lora *l) {
     if (!l || --l->refcount > 0) return;
     dpo_free(l->params);
     dpo_free(l->grads);
+    dpo_free(l->dbt);
     free(l->sites);
     free(l);
 }
@@ -228,69 +238,145 @@ static void dropped(float *out, const float *x, size_t n, uint64_t seed, float p
     for (size_t k = 0; k < n; k++) out[k] = x[k] * keep(seed, k, p);
 }
 
-void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *u, float *xd, int Nt,
-                      dpo_rng *drop) {
-    dpo_lora_forward_ld(l, i, y, l->sites[i].out, x, u, xd, Nt, drop);
-}
-
-void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const float *x,
-                       const float *u, float *du, float *xd, int Nt, int drop) {
-    dpo_lora_backward_ld(l, i, dx, dy, l->sites[i].out, x, u, du, xd, Nt, drop);
-}
-
-void dpo_lora_forward_ld(dpo_lora *l, int i, float *y, int ld, const float *x, float *u, float *xd,
+/*
+** The rank-r intermediates are kept transposed, u^T [r, Nt]: every product of
+** an adapter then has r as its row count or its inner dimension, never as its
+** column count, the shapes OpenBLAS runs about twice as fast (it packs
+** row-major [Nt, r] outputs poorly).
+**
+** Site i on its own: u^T = A dropout(x)^T, y (rows ld apart) += s u B^T.
+*/
+static void site_forward(dpo_lora *l, int i, float *y, int ld, const float *x, float *ut, float *xd,
                          int Nt, dpo_rng *drop) {
     dpo_lora_site *s = &l->sites[i];
     int r = l->cfg.r, in = s->in, out = s->out;
     const float *A = l->params + s->a_off, *B = l->params + s->b_off;
-    if (Nt <= 0) return;
     if (drop && l->cfg.dropout > 0) {
         s->drop_seed = dpo_rng_next(drop);
         dropped(xd, x, (size_t)Nt * in, s->drop_seed, l->cfg.dropout);
         x = xd;
     }
-    /* u [Nt, r] = x A^T ; y [Nt, out] += s u B^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nt, out, r, l->scale, u, r, B, r, 1.0f, y,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, Nt, in, 1.0f, A, in, x, in, 0.0f, ut,
+                Nt);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, Nt, out, r, l->scale, ut, Nt, B, r, 1.0f, y,
                 ld);
 }
 
-void dpo_lora_backward_ld(dpo_lora *l, int i, float *dx, const float *dy, int ld, const float *x,
-                          const float *u, float *du, float *xd, int Nt, int drop) {
+/* du^T [r, Nt] = s B^T dy^T, and dB += s dy^T u, for site i (dy rows ld apart). */
+static void site_backward_b(dpo_lora *l, int i, const float *dy, int ld, const float *ut,
+                            float *dut, int Nt) {
     const dpo_lora_site *s = &l->sites[i];
-    int r = l->cfg.r, in = s->in, out = s->out;
-    const float *A = l->params + s->a_off, *B = l->params + s->b_off;
+    int r = l->cfg.r, out = s->out;
+    const float *B = l->params + s->b_off;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, r, Nt, out, l->scale, B, r, dy, ld, 0.0f,
+                dut, Nt);
+    if (l->grads) { /* dB^T [r, out] = s u^T dy, then added in B's layout */
+        float *dB = l->grads + s->b_off;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, out, Nt, l->scale, ut, Nt, dy, ld,
+                    0.0f, l->dbt, out);
+        for (int o = 0; o < out; o++)
+            for (int k = 0; k < r; k++) dB[(size_t)o * r + k] += l->dbt[(size_t)k * out + o];
+    }
+}
+
+/* The A side of site i's backward: dA += du^T dropout(x), dx += dropout'(du A). */
+static void site_backward_a(dpo_lora *l, int i, float *dx, const float *x, const float *dut,
+                            float *xd, int Nt, int drop) {
+    const dpo_lora_site *s = &l->sites[i];
+    int r = l->cfg.r, in = s->in;
+    const float *A = l->params + s->a_off;
     float p = l->cfg.dropout;
     size_t n = (size_t)Nt * in;
-    drop = drop && p > 0;
-    if (Nt <= 0) return;
-    /* du [Nt, r] = s dy B */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, r, out, l->scale, dy, ld, B, r, 0.0f,
-                du, r);
     if (l->grads) {
-        float *dA = l->grads + s->a_off, *dB = l->grads + s->b_off;
-        /* dB [out, r] += s dy^T u */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, Nt, l->scale, dy, ld, u, r,
-                    1.0f, dB, r);
         if (drop) {
             dropped(xd, x, n, s->drop_seed, p);
             x = xd;
         }
-        /* dA [r, in] += du^T dropout(x) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, Nt, 1.0f, du, r, x, in, 1.0f,
-                    dA, in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, in, Nt, 1.0f, dut, Nt, x, in,
+                    1.0f, l->grads + s->a_off, in);
     }
-    /* dx [Nt, in] += dropout'(du A) */
     if (!dx) return;
     if (!drop) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, in, r, 1.0f, du, r, A, in, 1.0f,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Nt, in, r, 1.0f, dut, Nt, A, in, 1.0f,
                     dx, in);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nt, in, r, 1.0f, du, r, A, in, 0.0f, xd,
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Nt, in, r, 1.0f, dut, Nt, A, in, 0.0f, xd,
                 in);
 #pragma omp parallel for schedule(static)
     for (size_t k = 0; k < n; k++) dx[k] += xd[k] * keep(s->drop_seed, k, p);
+}
+
+void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *ut, float *xd, int Nt,
+                      dpo_rng *drop) {
+    if (Nt > 0) site_forward(l, i, y, l->sites[i].out, x, ut, xd, Nt, drop);
+}
+
+void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const float *x,
+                       const float *ut, float *dut, float *xd, int Nt, int drop) {
+    if (Nt <= 0) return;
+    drop = drop && l->cfg.dropout > 0;
+    site_backward_b(l, i, dy, l->sites[i].out, ut, dut, Nt);
+    site_backward_a(l, i, dx, x, dut, xd, Nt, drop);
+}
+
+/*
+** Can the group's A products run as one? Without dropout (each module draws
+** its own mask), when its sites follow each other and read inputs of one
+** width: their A matrices then lie side by side in the arena, [n r, in].
+*/
+static int batched(const dpo_lora *l, int n, const int *site, int drop) {
+    if (n < 2 || drop) return 0;
+    for (int j = 1; j < n; j++)
+        if (site[j] != site[0] + j || l->sites[site[j]].in != l->sites[site[0]].in) return 0;
+    return 1;
+}
+
+void dpo_lora_forward_group(dpo_lora *l, int n, const int *site, const int *col, float *y, int ld,
+                            const float *x, float *ut, float *xd, int Nt, dpo_rng *drop) {
+    size_t rn = (size_t)l->cfg.r * (size_t)(Nt > 0 ? Nt : 0);
+    if (Nt <= 0) return;
+    if (!batched(l, n, site, drop && l->cfg.dropout > 0)) {
+        for (int j = 0; j < n; j++)
+            site_forward(l, site[j], y + col[j], ld, x, ut + j * rn, xd, Nt, drop);
+        return;
+    }
+    {
+        const dpo_lora_site *s0 = &l->sites[site[0]];
+        int r = l->cfg.r, in = s0->in;
+        /* u^T [n r, Nt] = [A_1; ...; A_n] x^T, then each module's own B */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n * r, Nt, in, 1.0f,
+                    l->params + s0->a_off, in, x, in, 0.0f, ut, Nt);
+        for (int j = 0; j < n; j++)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, Nt, l->sites[site[j]].out, r,
+                        l->scale, ut + j * rn, Nt, l->params + l->sites[site[j]].b_off, r, 1.0f,
+                        y + col[j], ld);
+    }
+}
+
+void dpo_lora_backward_group(dpo_lora *l, int n, const int *site, const int *col, float *dx,
+                             const float *dy, int ld, const float *x, const float *ut, float *dut,
+                             float *xd, int Nt, int drop) {
+    size_t rn = (size_t)l->cfg.r * (size_t)(Nt > 0 ? Nt : 0);
+    if (Nt <= 0) return;
+    drop = drop && l->cfg.dropout > 0;
+    for (int j = 0; j < n; j++)
+        site_backward_b(l, site[j], dy + col[j], ld, ut + j * rn, dut + j * rn, Nt);
+    if (!batched(l, n, site, drop)) {
+        for (int j = 0; j < n; j++) site_backward_a(l, site[j], dx, x, dut + j * rn, xd, Nt, drop);
+        return;
+    }
+    {
+        const dpo_lora_site *s0 = &l->sites[site[0]];
+        int nr = n * l->cfg.r, in = s0->in;
+        /* [dA_1; ...; dA_n] += du^T x ; dx += du [A_1; ...; A_n] */
+        if (l->grads)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, in, Nt, 1.0f, dut, Nt, x, in,
+                        1.0f, l->grads + s0->a_off, in);
+        if (dx)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Nt, in, nr, 1.0f, dut, Nt,
+                        l->params + s0->a_off, in, 1.0f, dx, in);
+    }
 }
 
 void dpo_lora_merge(const dpo_lora *l, int i, float *W, int fan_in_fan_out) {

@@ -12,21 +12,23 @@
 ** The kernels work on a model's packed rows: the model calls
 ** dpo_lora_forward right after its own product (y holds W x + b) and
 ** dpo_lora_backward right after its own input gradient; both are products
-** over all Nt rows at once (cblas_sgemm), the rank-r intermediate u = A
-** dropout(x) [Nt, r] kept by the caller for the backward. Dropout masks are
+** over all Nt rows at once (cblas_sgemm), the rank-r intermediate kept by
+** the caller for the backward, transposed: u^T = A dropout(x)^T [r, Nt] (the
+** shapes OpenBLAS runs fastest when r is small). Dropout masks are
 ** regenerated from a per-site seed, never stored. Buffers belong to the
 ** caller (its activation arena): nothing is allocated in a step.
 **
 ** A model adopting adapters (gpt.c is the example): maps each of its linear
 ** modules to a site index or -1 (dpo_lora_matches for PEFT's target names);
 ** frees its base gradient arena and skips every dW / db / norm / embedding
-** gradient when adapters train; lays out u [Nt, r] per adapted module and
-** layer, plus xd [Nt, max in] and du [Nt, r] scratch, in its activation
+** gradient when adapters train; lays out u^T [r, Nt] per adapted module and
+** layer, plus xd [Nt, max in] and du^T [r, Nt] scratch, in its activation
 ** arena; calls dpo_lora_forward after each adapted product and
 ** dpo_lora_backward after each adapted input gradient; merges with
 ** dpo_lora_merge (fan_in_fan_out for [in, out] weights). A model whose
 ** products are fused over several modules (llama.c) keeps one site per
-** module and uses the _ld kernels on each module's columns.
+** module and runs the modules that share an input as one group (the
+** _group kernels), on each module's columns of the fused product.
 **
 ** Ownership: refcounted; tensors from dpo_lora_tensor keep the set alive.
 ** Errors as everywhere in the engine: a status or NULL, and a dpo_error.
@@ -93,33 +95,40 @@ int dpo_lora_enabled(const dpo_lora *l);
 
 /*
 ** y [Nt, out] += s * (dropout(x) A^T) B^T for site i, x [Nt, in].
-** u [Nt, r] receives dropout(x) A^T (kept for the backward). With drop (a
+** ut [r, Nt] receives A dropout(x)^T (kept for the backward). With drop (a
 ** generator, train mode and dropout > 0), the site's mask seed is drawn from
 ** it and xd [Nt, in] is scratch for the dropped input; otherwise xd is unused.
 */
-void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *u, float *xd, int Nt,
+void dpo_lora_forward(dpo_lora *l, int i, float *y, const float *x, float *ut, float *xd, int Nt,
                       dpo_rng *drop);
 
 /*
-** The backward of dpo_lora_forward: given dy [Nt, out], x [Nt, in] and u
-** [Nt, r] of the forward, accumulates dB += s dy^T u, dA += du^T dropout(x)
-** (du = s dy B, into scratch du [Nt, r]) and dx [Nt, in] += dropout'(du A).
+** The backward of dpo_lora_forward: given dy [Nt, out], x [Nt, in] and ut
+** [r, Nt] of the forward, accumulates dB += s dy^T u, dA += du^T dropout(x)
+** (du = s dy B, into scratch dut [r, Nt] transposed) and dx [Nt, in] +=
+** dropout'(du A).
 ** drop: whether the forward used dropout (its masks are regenerated; xd
 ** [Nt, in] scratch then). Without a gradient arena only dx is computed;
 ** with dx NULL (no input gradient wanted) only dA and dB.
 */
 void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const float *x,
-                       const float *u, float *du, float *xd, int Nt, int drop);
+                       const float *ut, float *dut, float *xd, int Nt, int drop);
 
 /*
-** The same two with y and dy rows ld floats apart (ld >= out): a module
-** whose output is a column block of a fused product (Llama's q_proj in the
-** [Nt, QKV] rows of q, k and v) reads and writes its columns in place.
+** The adapters of n modules that read the same input x and write column
+** blocks of one fused product (Llama's q_proj, k_proj and v_proj in the [Nt,
+** QKV] rows of q, k and v): site[j] writes y's columns col[j] .. col[j] +
+** out, rows ld floats apart (and reads dy's the same way). ut [n r, Nt]
+** keeps member j's (transposed) rank-r activations in its rows j r .., dut
+** is [n r, Nt] scratch, xd as above. When the sites follow each other (site[j] = site[0]
+** + j), read inputs of one width and run without dropout, their A matrices
+** lie side by side and each A product is one sgemm for the group.
 */
-void dpo_lora_forward_ld(dpo_lora *l, int i, float *y, int ld, const float *x, float *u, float *xd,
-                         int Nt, dpo_rng *drop);
-void dpo_lora_backward_ld(dpo_lora *l, int i, float *dx, const float *dy, int ld, const float *x,
-                          const float *u, float *du, float *xd, int Nt, int drop);
+void dpo_lora_forward_group(dpo_lora *l, int n, const int *site, const int *col, float *y, int ld,
+                            const float *x, float *ut, float *xd, int Nt, dpo_rng *drop);
+void dpo_lora_backward_group(dpo_lora *l, int n, const int *site, const int *col, float *dx,
+                             const float *dy, int ld, const float *x, const float *ut, float *dut,
+                             float *xd, int Nt, int drop);
 
 /*
 ** Fold site i into its base weight: W += s * B A. W is [out, in] (a Linear),

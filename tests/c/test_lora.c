@@ -2,7 +2,8 @@
 ** test_lora.c: the adapter kernels of core/model/lora.c against naive loops
 ** written here from the formulas (y += s B A x; dB += s dy u^T; dA += du x^T
 ** with du = s B^T dy; dx += A^T du; W += s B A), with and without dropout,
-** PEFT's initialisation bounds, name matching and argument checks.
+** alone and as a group sharing an input (batched or not), PEFT's
+** initialisation bounds, name matching and argument checks.
 */
 #include "check.h"
 #include "model/lora.h"
@@ -36,7 +37,7 @@ static void kernels(float p) {
     dpo_error e;
     dpo_lora *l = dpo_lora_new(&c, 1, names, &in, &out, 1, &e);
     float *A, *B, *dA, *dB;
-    float x[NT * IN], y[NT * OUT], y0[NT * OUT], u[NT * R], xd[NT * IN], du[NT * R];
+    float x[NT * IN], y[NT * OUT], y0[NT * OUT], u[R * NT], xd[NT * IN], du[R * NT];
     float dy[NT * OUT], dx[NT * IN], dx0[NT * IN], keep[NT * IN];
     float s = 6.0f / R;
     dpo_rng g;
@@ -71,7 +72,7 @@ static void kernels(float p) {
             ut[r] = 0;
             for (int i = 0; i < IN; i++)
                 ut[r] += (double)A[r * IN + i] * x[t * IN + i] * keep[t * IN + i];
-            CHECK_NEAR(u[t * R + r], ut[r], 1e-5);
+            CHECK_NEAR(u[r * NT + t], ut[r], 1e-5); /* kept transposed, [R, NT] */
         }
         for (int o = 0; o < OUT; o++) {
             double v = y0[t * OUT + o];
@@ -83,7 +84,7 @@ static void kernels(float p) {
     for (int o = 0; o < OUT; o++)
         for (int r = 0; r < R; r++) {
             double v = 0;
-            for (int t = 0; t < NT; t++) v += s * dy[t * OUT + o] * u[t * R + r];
+            for (int t = 0; t < NT; t++) v += s * dy[t * OUT + o] * u[r * NT + t];
             CHECK_NEAR(dB[o * R + r], v, 1e-5);
         }
     for (int r = 0; r < R; r++)
@@ -127,9 +128,91 @@ static void kernels(float p) {
     dpo_lora_release(l);
 }
 
+/*
+** Modules sharing an input and writing column blocks of one fused product:
+** the n of sites[] (out of three, outs 6, 2 and 4, in IN) against loops.
+** Sites 0, 1, 2 together batch their A products; 0 and 2 do not.
+*/
+#define LD (OUT + 2 + 4)
+static void group(int n, const int *site) {
+    const char *names[3] = {"q_proj", "k_proj", "v_proj"};
+    int in[3] = {IN, IN, IN}, out[3] = {OUT, 2, 4}, colof[3] = {0, OUT, OUT + 2}, col[3];
+    dpo_lora_config c = {R, 6.0f, 0.0f, 0, 9};
+    dpo_error e;
+    dpo_lora *l = dpo_lora_new(&c, 3, names, in, out, 1, &e);
+    float x[NT * IN], y[NT * LD], y0[NT * LD], ut[3 * R * NT], dut[3 * R * NT], xd[NT * IN];
+    float dy[NT * LD], dx[NT * IN], dx0[NT * IN], s = 6.0f / R;
+    double u[3][NT][R], du[3][NT][R];
+    CHECK(l != NULL);
+    if (!l) return;
+    fill(dpo_lora_params(l), dpo_lora_num_params(l), 21);
+    fill(x, NT * IN, 22);
+    fill(y, NT * LD, 23);
+    fill(dy, NT * LD, 24);
+    fill(dx, NT * IN, 25);
+    memcpy(y0, y, sizeof y);
+    memcpy(dx0, dx, sizeof dx);
+    for (int j = 0; j < n; j++) col[j] = colof[site[j]];
+    dpo_lora_forward_group(l, n, site, col, y, LD, x, ut, xd, NT, NULL);
+    dpo_lora_backward_group(l, n, site, col, dx, dy, LD, x, ut, dut, xd, NT, 0);
+    for (int j = 0; j < n; j++) {
+        const dpo_lora_site *si = dpo_lora_site_info(l, site[j]);
+        const float *A = dpo_lora_params(l) + si->a_off, *B = dpo_lora_params(l) + si->b_off;
+        const float *dA = dpo_lora_grads(l) + si->a_off, *dB = dpo_lora_grads(l) + si->b_off;
+        for (int t = 0; t < NT; t++)
+            for (int r = 0; r < R; r++) {
+                u[j][t][r] = du[j][t][r] = 0;
+                for (int i = 0; i < IN; i++) u[j][t][r] += (double)A[r * IN + i] * x[t * IN + i];
+                for (int o = 0; o < si->out; o++)
+                    du[j][t][r] += (double)s * dy[t * LD + col[j] + o] * B[o * R + r];
+            }
+        for (int t = 0; t < NT; t++)
+            for (int o = 0; o < si->out; o++) {
+                double v = y0[t * LD + col[j] + o];
+                for (int r = 0; r < R; r++) v += s * B[o * R + r] * u[j][t][r];
+                CHECK_NEAR(y[t * LD + col[j] + o], v, 1e-5);
+            }
+        for (int o = 0; o < si->out; o++)
+            for (int r = 0; r < R; r++) {
+                double v = 0;
+                for (int t = 0; t < NT; t++) v += s * dy[t * LD + col[j] + o] * u[j][t][r];
+                CHECK_NEAR(dB[o * R + r], v, 1e-5);
+            }
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < IN; i++) {
+                double v = 0;
+                for (int t = 0; t < NT; t++) v += du[j][t][r] * x[t * IN + i];
+                CHECK_NEAR(dA[r * IN + i], v, 1e-5);
+            }
+    }
+    for (int t = 0; t < NT; t++) /* columns of modules outside the group are untouched */
+        for (int k = 0; k < LD; k++) {
+            int mine = 0;
+            for (int j = 0; j < n; j++)
+                mine |= k >= col[j] && k < col[j] + dpo_lora_site_info(l, site[j])->out;
+            if (!mine) CHECK(y[t * LD + k] == y0[t * LD + k]);
+        }
+    for (int t = 0; t < NT; t++)
+        for (int i = 0; i < IN; i++) {
+            double v = dx0[t * IN + i];
+            for (int j = 0; j < n; j++) {
+                const float *A = dpo_lora_params(l) + dpo_lora_site_info(l, site[j])->a_off;
+                for (int r = 0; r < R; r++) v += du[j][t][r] * A[r * IN + i];
+            }
+            CHECK_NEAR(dx[t * IN + i], v, 1e-5);
+        }
+    dpo_lora_release(l);
+}
+
 int main(void) {
     kernels(0.0f);
     kernels(0.4f);
+    {
+        int all[3] = {0, 1, 2}, gap[2] = {0, 2}, one[1] = {1};
+        group(3, all);
+        group(2, gap);
+        group(1, one);
+    }
     /* PEFT's matching of target names */
     CHECK(dpo_lora_matches("transformer.h.0.attn.c_attn", "c_attn"));
     CHECK(dpo_lora_matches("transformer.h.0.attn.c_attn", "attn.c_attn"));

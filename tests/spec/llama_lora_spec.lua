@@ -134,6 +134,8 @@ describe("dpo.lora on a Llama", function()
 
    for _, case in ipairs{
       { "Llama", LLAMA, { r = 3, alpha = 6, target_modules = "all-linear" } },
+      -- PEFT's default pair: one group, its A products batched, columns apart
+      { "Llama", LLAMA, { r = 2, alpha = 4, target_modules = { "q_proj", "v_proj" } } },
       { "Llama", LLAMA, { r = 2, alpha = 5, use_rslora = true, target_modules = { "k_proj", "up_proj" } } },
       { "Llama", LLAMA, { r = 1, alpha = 1, target_modules = { "layers.1.mlp.down_proj" } } },
       { "Llama", LLAMA, { r = 2, alpha = 3, target_modules = { "layers.1.self_attn.v_proj", "layers.1.mlp.gate_proj" } } },
