@@ -2,8 +2,8 @@
 -- independent computations: the network composed from autograd ops
 -- (tests/spec/llama_ref.lua) with each adapter's term y += s (x A^T) B^T
 -- added here, finite differences, the base network, PEFT's layout for a
--- Llama (read back with Python's json), and DPO training with the base as
--- the reference.
+-- Llama (read back with Python's json), DPO training with the base as the
+-- reference, and recipes/hh.lua --lora.r on a Llama directory.
 local h = dofile("tests/spec/helper.lua")
 local ref = dofile("tests/spec/llama_ref.lua")
 local cjson = require "cjson"
@@ -412,5 +412,49 @@ describe("dpo.train.dpo with adapters on a Llama", function()
       local a, b = adapters(m), adapters(m2)
       for k, t in pairs(a) do assert(same_bits(t, b[k]), k) end
       h.errors(function() dpo.train.dpo(opts(base(7), { resume = ck })) end, "another base model")
+   end)
+
+   it("recipes/hh.lua --model=DIR --lora.r trains adapters on a Llama directory, merges, resumes exactly", function()
+      local root = h.tmpdir()
+      local mdir, dir = root .. "/model", root .. "/run"
+      dpo.model.new{ model_type = "llama", vocab_size = tok:vocab_size(), hidden_size = 32,
+                     intermediate_size = 48, num_hidden_layers = 2, num_attention_heads = 4,
+                     num_key_value_heads = 2, max_position_embeddings = 128, seed = 1 }:save(mdir)
+      tok:save(mdir .. "/tokenizer.json")
+      local function hh(args)
+         local cmd = ("env -u LUA_INIT -u LUA_INIT_5_4 OMP_WAIT_POLICY=PASSIVE %s recipes/hh.lua %s >%s 2>&1")
+            :format(h.quote(h.DPOLUA), args, h.quote(root .. "/log"))
+         local ok = os.execute(cmd)
+         return ok, h.read(root .. "/log")
+      end
+      local ok, out = hh("--sft.steps=2 --dpo.steps=4 --save_every=2 --eval_pairs=4 --samples=1 " ..
+         "--max_new_tokens=4 --batch_size=2 --grad_accum=1 --max_length=96 --max_prompt_length=48 " ..
+         "--progress=off --dpo.lr=5e-3 --lora.r=4 --lora.alpha=8 --lora.targets=q_proj,v_proj,down_proj " ..
+         "--lora.merge --model=" .. h.quote(mdir) .. " --out=" .. h.quote(dir))
+      assert(ok, out)
+      assert.matches("LoRA: rank 4, alpha 8 on 6 modules", out, 1, true)
+      local ck = dir .. "/checkpoint-6"
+      assert.are.same({ "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+                        "tokenizer.json", "trainer_state.json" }, h.listing(ck))
+      local conf = cjson.decode(h.read(ck .. "/adapter_config.json"))
+      assert.are.same({ "down_proj", "q_proj", "v_proj" }, conf.target_modules)
+      assert.is_false(conf.fan_in_fan_out)
+      assert.are.equal(dir .. "/checkpoint-2", conf.base_model_name_or_path) -- the SFT model
+      -- the merged model is the SFT checkpoint with the adapters folded in
+      local sft = dpo.model.load(dir .. "/checkpoint-2")
+      local before = nolp(sft)
+      local m = dpo.lora.load(sft, ck)
+      local merged = dpo.model.load(dir .. "/merged")
+      assert.are.equal("dpo.Llama", getmetatable(merged).__name)
+      local lp = nolp(m)
+      assert(close(nolp(merged), lp, 1e-5, 0))
+      assert.is_false(lp:allclose(before, 1e-4, 1e-4)) -- the adapters changed something
+      -- resuming from the DPO phase's middle ends with the same adapters
+      local want = h.read(ck .. "/adapter_model.safetensors")
+      require("dpo.log").rmtree(ck)
+      ok, out = hh("--progress=off --resume=" .. h.quote(dir))
+      assert(ok, out)
+      assert.matches("resuming dpo at step 2 of 4", out, 1, true)
+      assert.are.equal(want, h.read(ck .. "/adapter_model.safetensors"))
    end)
 end)
