@@ -15,13 +15,14 @@
 ** input gradient its backward; with adapters the base is frozen, and no
 ** base weight gradient is computed (no dW, db, LayerNorm or embedding sums),
 ** so the backward is the input-gradient chain plus rank-r products, and the
-** head's input gradient is prepared in the forward (head_unit_grad).
+** head's input gradient is prepared in the forward (head.h).
 **
 ** Shapes: Nt tokens in the packed batch, C = n_embd, NH heads of HS = C / NH,
 ** V = vocab size, S scored positions. Per row n of the batch, Tn tokens of
 ** its prefix are processed (up to the row's last scored token).
 */
 #include "model/gpt.h"
+#include "model/head.h"
 #include "tensor/autograd.h"
 
 #include <cblas.h>
@@ -121,7 +122,7 @@ struct dpo_gpt {
     int lora_drop;  /* ... with dropout on their inputs */
     float *lora_xd; /* [Nt, 4C] dropped adapter input, or its gradient */
     float *lora_du; /* [r, Nt] */
-    int head_unit;  /* dhs holds the head's unit input gradients (head_unit_grad) */
+    int head_unit;  /* dhs holds the head's input gradients but for dlogps (head.h) */
     /* backward scratch */
     float *dres, *dln, *dbig, *dqkv, *datty, *dhs, *datt_scratch;
     size_t scratch_per_thread;
@@ -1013,75 +1014,20 @@ static void forward_hidden(dpo_gpt *m, int drop) {
                       eps);
 }
 
-/*
-** logits = hs[s0 .. s0+n) @ wte^T into m->logits [n, V]; then per row the
-** log-sum-exp into lse[s] (when lse) .
-*/
-static void head_chunk(dpo_gpt *m, int s0, int n) {
-    int C = m->cfg.n_embd, V = m->cfg.vocab_size;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, 1.0f, m->hs + (size_t)s0 * C, C,
-                m->params, C, 0.0f, m->logits, V);
-}
-
-/* log-sum-exp of a row of logits: float exponentials summed in double */
-static void row_lse(const float *row, int V, float *lse) {
-    float mx = -INFINITY;
-    double s = 0;
-#pragma omp simd reduction(max : mx)
-    for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-#pragma omp simd reduction(+ : s)
-    for (int v = 0; v < V; v++) s += vexpf(row[v] - mx);
-    *lse = mx + (float)log(s);
-}
-
-/*
-** With a frozen base the head's only gradient is its input's: for scored
-** position s, dhs[s] = dlogps[row of s] * (onehot(target) - softmax) W. All
-** of it but the factor dlogps is known in the forward, so the forward computes
-** it into dhs while the chunk's logits are at hand, and the backward only
-** scales it: no second pass over the vocabulary.
-*/
-static void head_unit_grad(dpo_gpt *m, int s0, int n) {
-    int C = m->cfg.n_embd, V = m->cfg.vocab_size;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        float lse = m->lse[s0 + i], *row = m->logits + (size_t)i * V;
-#pragma omp simd
-        for (int v = 0; v < V; v++) row[v] = -vexpf(row[v] - lse);
-        row[m->sc_tok[s0 + i]] += 1.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, 1.0f, m->logits, V, m->params,
-                C, 0.0f, m->dhs + (size_t)s0 * C, C);
-}
-
-/* Per scored position: log p(target); summed per row into logps [N]. */
-static void forward_head(dpo_gpt *m, float *logps, float *counts, int unit) {
-    int C = m->cfg.n_embd, V = m->cfg.vocab_size, S = m->S;
-    double *acc = (double *)calloc((size_t)m->N + 1, sizeof(double));
-#pragma omp parallel for schedule(static)
-    for (int s = 0; s < S; s++)
-        memcpy(m->hs + (size_t)s * C, m->lnf + (size_t)m->sc_row[s] * C, sizeof(float) * (size_t)C);
-    for (int s0 = 0; s0 < S; s0 += m->chunk) {
-        int n = S - s0 < m->chunk ? S - s0 : m->chunk;
-        head_chunk(m, s0, n);
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) row_lse(m->logits + (size_t)i * V, V, &m->lse[s0 + i]);
-        for (int i = 0; i < n; i++) {
-            int s = s0 + i;
-            float lp = m->logits[(size_t)i * V + m->sc_tok[s]] - m->lse[s];
-            if (acc) acc[m->sc_seq[s]] += lp;
-            if (counts) counts[m->sc_seq[s]] += 1.0f;
-        }
-        if (unit) head_unit_grad(m, s0, n);
-    }
-    m->head_unit = unit;
-    for (int n = 0; n < m->N; n++) logps[n] = acc ? (float)acc[n] : NAN;
-    free(acc);
+/* The head over the batch's scored positions: the tied wte. */
+static dpo_head head_of(dpo_gpt *m) {
+    dpo_head h;
+    h.C = m->cfg.n_embd, h.V = m->cfg.vocab_size, h.N = m->N, h.S = m->S, h.chunk = m->chunk;
+    h.W = m->params;
+    h.hidden = m->lnf;
+    h.row = m->sc_row, h.tok = m->sc_tok, h.seq = m->sc_seq;
+    h.hs = m->hs, h.lse = m->lse, h.logits = m->logits;
+    return h;
 }
 
 /* The fused backward: dlogps [N] -> every parameter gradient (accumulated). */
 static void backward_all(dpo_gpt *m, const float *dlogps) {
-    int Nt = m->Nt, C = m->cfg.n_embd, V = m->cfg.vocab_size, S = m->S, L = m->cfg.n_layer;
+    int Nt = m->Nt, C = m->cfg.n_embd, L = m->cfg.n_layer;
     int NH = m->cfg.n_head, drop = m->emb_mask != NULL;
     float p = m->cfg.dropout;
     size_t n = (size_t)Nt * C;
@@ -1100,35 +1046,11 @@ static void backward_all(dpo_gpt *m, const float *dlogps) {
                 if (m->lora_site[l * LIN_COUNT + k] >= 0 && l < lowest) lowest = l;
     }
 
-    /* LM head: dlogits = g * (onehot(target) - softmax), recomputed per chunk */
+    /* LM head (its weight, the tied wte, gets its gradient there) */
     memset(m->dln, 0, n * sizeof(float));
-    if (m->head_unit) /* computed in the forward but for g */
-        for (int s = 0; s < S; s++) {
-            float g = dlogps[m->sc_seq[s]], *d = m->dhs + (size_t)s * C;
-            for (int i = 0; i < C; i++) d[i] *= g;
-        }
-    for (int s0 = 0; s0 < S && !m->head_unit; s0 += m->chunk) {
-        int cn = S - s0 < m->chunk ? S - s0 : m->chunk;
-        head_chunk(m, s0, cn);
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < cn; i++) {
-            int s = s0 + i;
-            float g = dlogps[m->sc_seq[s]], lse = m->lse[s], *row = m->logits + (size_t)i * V;
-#pragma omp simd
-            for (int v = 0; v < V; v++) row[v] = -g * vexpf(row[v] - lse);
-            row[m->sc_tok[s]] += g;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cn, C, V, 1.0f, m->logits, V,
-                    m->params, C, 0.0f, m->dhs + (size_t)s0 * C, C);
-        if (dwte)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, cn, 1.0f, m->logits, V,
-                        m->hs + (size_t)s0 * C, C, 1.0f, dwte, C);
-    }
-    /* a packed row shared by a parent and its child may be scored twice: add */
-    for (int s = 0; s < S; s++) {
-        float *d = m->dln + (size_t)m->sc_row[s] * C;
-        const float *g = m->dhs + (size_t)s * C;
-        for (int i = 0; i < C; i++) d[i] += g[i];
+    {
+        dpo_head h = head_of(m);
+        dpo_head_backward(&h, dlogps, m->dhs, m->head_unit, dwte, m->dln);
     }
 
     /* final LayerNorm */
@@ -1352,7 +1274,11 @@ dpo_tensor *dpo_gpt_logps(dpo_gpt *m, const dpo_tensor *ids_in, const dpo_tensor
         return NULL;
     }
     if (Nt > 0) forward_hidden(m, m->training && m->cfg.dropout > 0);
-    forward_head(m, dpo_f32(logps), dpo_f32(counts), record && !m->grads);
+    {
+        dpo_head h = head_of(m);
+        m->head_unit = record && !m->grads; /* see head.h */
+        dpo_head_forward(&h, dpo_f32(logps), dpo_f32(counts), m->head_unit ? m->dhs : NULL);
+    }
     if (record) {
         logps_ctx *c = (logps_ctx *)malloc(sizeof *c);
         dpo_custom cu;

@@ -22,8 +22,9 @@
 ** group whose A products batch. With adapters the base is frozen and the
 ** backward computes no base weight gradient, only the input-gradient chain
 ** down to the lowest adapted block plus the rank-r products; the head's
-** input gradient is then prepared in the forward (head_unit_grad).
+** input gradient is then prepared in the forward (head.h).
 */
+#include "model/head.h"
 #include "model/llama.h"
 #include "tensor/autograd.h"
 
@@ -133,7 +134,7 @@ struct dpo_llama {
     int lora_drop;  /* ... with dropout on their inputs */
     float *lora_xd; /* [Nt, max(C, Q, FF)] dropped adapter input, or its gradient */
     float *lora_du; /* [3 r, Nt]: a group of up to three */
-    int head_unit;  /* dhs holds the head's unit input gradients (head_unit_grad) */
+    int head_unit;  /* dhs holds the head's input gradients but for dlogps (head.h) */
 };
 
 /* ---- parameters -------------------------------------------------------------------- */
@@ -1129,67 +1130,16 @@ static const float *head_weight(const dpo_llama *m) {
     return m->params + m->info[m->i_head].offset;
 }
 
-/* logits = hs[s0 .. s0+n) @ head^T into m->logits [n, V] */
-static void head_chunk(dpo_llama *m, int s0, int n) {
-    int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, 1.0f, m->hs + (size_t)s0 * C, C,
-                head_weight(m), C, 0.0f, m->logits, V);
-}
-
-/* log-sum-exp of a row of logits: float exponentials summed in double */
-static void row_lse(const float *row, int V, float *lse) {
-    float mx = -INFINITY;
-    double s = 0;
-#pragma omp simd reduction(max : mx)
-    for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-#pragma omp simd reduction(+ : s)
-    for (int v = 0; v < V; v++) s += vexpf(row[v] - mx);
-    *lse = mx + (float)log(s);
-}
-
-/*
-** With a frozen base the head's only gradient is its input's: for scored
-** position s, dhs[s] = dlogps[row of s] * (onehot(target) - softmax) W. All
-** of it but the factor dlogps is known in the forward, so the forward computes
-** it into dhs while the chunk's logits are at hand, and the backward only
-** scales it: no second pass over the vocabulary.
-*/
-static void head_unit_grad(dpo_llama *m, int s0, int n) {
-    int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        float lse = m->lse[s0 + i], *row = m->logits + (size_t)i * V;
-#pragma omp simd
-        for (int v = 0; v < V; v++) row[v] = -vexpf(row[v] - lse);
-        row[m->sc_tok[s0 + i]] += 1.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, 1.0f, m->logits, V,
-                head_weight(m), C, 0.0f, m->dhs + (size_t)s0 * C, C);
-}
-
-/* Per scored position: log p(target); summed per row into logps [N]. */
-static void forward_head(dpo_llama *m, float *logps, float *counts, int unit) {
-    int C = m->cfg.hidden_size, V = m->cfg.vocab_size, S = m->S;
-    double *acc = (double *)calloc((size_t)m->N + 1, sizeof(double));
-#pragma omp parallel for schedule(static)
-    for (int s = 0; s < S; s++)
-        memcpy(m->hs + (size_t)s * C, m->lnf + (size_t)m->sc_row[s] * C, sizeof(float) * (size_t)C);
-    for (int s0 = 0; s0 < S; s0 += m->chunk) {
-        int n = S - s0 < m->chunk ? S - s0 : m->chunk;
-        head_chunk(m, s0, n);
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) row_lse(m->logits + (size_t)i * V, V, &m->lse[s0 + i]);
-        for (int i = 0; i < n; i++) {
-            int s = s0 + i;
-            float lp = m->logits[(size_t)i * V + m->sc_tok[s]] - m->lse[s];
-            if (acc) acc[m->sc_seq[s]] += lp;
-            if (counts) counts[m->sc_seq[s]] += 1.0f;
-        }
-        if (unit) head_unit_grad(m, s0, n);
-    }
-    m->head_unit = unit;
-    for (int n = 0; n < m->N; n++) logps[n] = acc ? (float)acc[n] : NAN;
-    free(acc);
+/* The head over the batch's scored positions. */
+static dpo_head head_of(dpo_llama *m) {
+    dpo_head h;
+    h.C = m->cfg.hidden_size, h.V = m->cfg.vocab_size, h.N = m->N, h.S = m->S;
+    h.chunk = m->chunk;
+    h.W = head_weight(m);
+    h.hidden = m->lnf;
+    h.row = m->sc_row, h.tok = m->sc_tok, h.seq = m->sc_seq;
+    h.hs = m->hs, h.lse = m->lse, h.logits = m->logits;
+    return h;
 }
 
 /*
@@ -1199,7 +1149,7 @@ static void forward_head(dpo_llama *m, float *logps, float *counts, int unit) {
 */
 static void backward_all(dpo_llama *m, const float *dlogps) {
     const dpo_llama_config *c = &m->cfg;
-    int Nt = m->Nt, C = c->hidden_size, V = c->vocab_size, S = m->S, L = c->n_layer;
+    int Nt = m->Nt, C = c->hidden_size, L = c->n_layer;
     int FF = c->intermediate_size, lowest = 0;
     size_t n = (size_t)Nt * C;
     float *G = m->grads;
@@ -1208,35 +1158,11 @@ static void backward_all(dpo_llama *m, const float *dlogps) {
     const float *normw = m->params + m->info[m->i_norm].offset;
     packing pk = packing_of(m);
 
-    /* LM head: dlogits = g * (onehot(target) - softmax), recomputed per chunk */
+    /* LM head */
     memset(m->dln, 0, n * sizeof(float));
-    if (m->head_unit) /* computed in the forward but for g */
-        for (int s = 0; s < S; s++) {
-            float g = dlogps[m->sc_seq[s]], *d = m->dhs + (size_t)s * C;
-            for (int i = 0; i < C; i++) d[i] *= g;
-        }
-    for (int s0 = 0; s0 < S && !m->head_unit; s0 += m->chunk) {
-        int cn = S - s0 < m->chunk ? S - s0 : m->chunk;
-        head_chunk(m, s0, cn);
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < cn; i++) {
-            int s = s0 + i;
-            float g = dlogps[m->sc_seq[s]], lse = m->lse[s], *row = m->logits + (size_t)i * V;
-#pragma omp simd
-            for (int v = 0; v < V; v++) row[v] = -g * vexpf(row[v] - lse);
-            row[m->sc_tok[s]] += g;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cn, C, V, 1.0f, m->logits, V,
-                    head_weight(m), C, 0.0f, m->dhs + (size_t)s0 * C, C);
-        if (dhead)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, cn, 1.0f, m->logits, V,
-                        m->hs + (size_t)s0 * C, C, 1.0f, dhead, C);
-    }
-    /* a packed row shared by a parent and its child may be scored twice: add */
-    for (int s = 0; s < S; s++) {
-        float *d = m->dln + (size_t)m->sc_row[s] * C;
-        const float *g = m->dhs + (size_t)s * C;
-        for (int i = 0; i < C; i++) d[i] += g[i];
+    {
+        dpo_head h = head_of(m);
+        dpo_head_backward(&h, dlogps, m->dhs, m->head_unit, dhead, m->dln);
     }
     memset(m->dres, 0, n * sizeof(float));
     rmsnorm_backward(m->dres, dnorm, m->dln, m->blocks[L - 1].res3, normw, m->lnf_rstd, Nt, C);
@@ -1456,7 +1382,11 @@ dpo_tensor *dpo_llama_logps(dpo_llama *m, const dpo_tensor *ids_in, const dpo_te
         return NULL;
     }
     if (m->Nt > 0) forward_hidden(m);
-    forward_head(m, dpo_f32(logps), dpo_f32(counts), record && !m->grads);
+    {
+        dpo_head h = head_of(m);
+        m->head_unit = record && !m->grads; /* see head.h */
+        dpo_head_forward(&h, dpo_f32(logps), dpo_f32(counts), m->head_unit ? m->dhs : NULL);
+    }
     if (record) {
         logps_ctx *c = (logps_ctx *)malloc(sizeof *c);
         dpo_custom cu;
