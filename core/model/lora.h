@@ -119,10 +119,11 @@ void dpo_lora_backward(dpo_lora *l, int i, float *dx, const float *dy, const flo
 ** blocks of one fused product (Llama's q_proj, k_proj and v_proj in the [Nt,
 ** QKV] rows of q, k and v): site[j] writes y's columns col[j] .. col[j] +
 ** out, rows ld floats apart (and reads dy's the same way). ut [n r, Nt]
-** keeps member j's (transposed) rank-r activations in its rows j r .., dut
-** is [n r, Nt] scratch, xd as above. When the sites follow each other (site[j] = site[0]
-** + j), read inputs of one width and run without dropout, their A matrices
-** lie side by side and each A product is one sgemm for the group.
+** keeps member j's (transposed) rank-r activations in its rows j r ..; dut
+** is [n r, Nt] scratch; xd as above. When the sites follow each other
+** (site[j] = site[0] + j), read inputs of one width and run without dropout,
+** their A matrices lie side by side and each A product is one sgemm for the
+** group.
 */
 void dpo_lora_forward_group(dpo_lora *l, int n, const int *site, const int *col, float *y, int ld,
                             const float *x, float *ut, float *xd, int Nt, dpo_rng *drop);
