@@ -393,51 +393,33 @@ static const dpo_gpt_param *linear_param(const dpo_llama *m, int l, int k) {
 
 dpo_status dpo_llama_lora_apply(dpo_llama *m, const dpo_lora_config *c, int n,
                                 const char *const *targets, dpo_error *e) {
-    int L = m->cfg.n_layer, cnt = 0;
-    size_t nlin = (size_t)L * LIN_COUNT;
-    const char **names = NULL;
-    int *dims = NULL, *site = NULL;
-    char(*full)[96] = NULL;
+    int L = m->cfg.n_layer, nlin = L * LIN_COUNT, *dims, *site;
+    const char **names;
+    char(*full)[96];
     if (m->lora) {
         dpo_fail(e, DPO_ERR_ARG, 1, "the model has adapters already (merge them first)");
         return DPO_ERR_ARG;
     }
-    names = (const char **)malloc(nlin * sizeof *names);
-    dims = (int *)malloc(2 * nlin * sizeof *dims);
-    site = (int *)malloc(nlin * sizeof *site);
-    full = (char(*)[96])malloc(nlin * sizeof *full);
+    names = (const char **)malloc((size_t)nlin * sizeof *names);
+    dims = (int *)malloc(2 * (size_t)nlin * sizeof *dims);
+    site = (int *)malloc((size_t)nlin * sizeof *site);
+    full = (char(*)[96])malloc((size_t)nlin * sizeof *full);
     if (!names || !dims || !site || !full) {
         dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
         goto fail;
     }
     for (int l = 0; l < L; l++)
-        for (int k = 0; k < LIN_COUNT; k++)
-            snprintf(full[l * LIN_COUNT + k], sizeof full[0], "model.layers.%d.%s", l,
-                     lin_names[k]);
-    for (int t = 0; t < n; t++) { /* a target matching nothing is a misspelling */
-        int hit = 0;
-        for (size_t j = 0; j < nlin && !hit; j++) hit = dpo_lora_matches(full[j], targets[t]);
-        if (!hit) {
-            dpo_fail(e, DPO_ERR_ARG, 2,
-                     "target module '%.100s' matches no linear module of the model (a Llama has "
-                     "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj in each layer)",
-                     targets[t]);
-            goto fail;
-        }
-    }
-    for (int l = 0; l < L; l++)
         for (int k = 0; k < LIN_COUNT; k++) {
-            size_t j = (size_t)l * LIN_COUNT + k;
-            int hit = n == 0;
-            for (int t = 0; t < n && !hit; t++) hit = dpo_lora_matches(full[j], targets[t]);
-            site[j] = hit ? cnt : -1;
-            if (!hit) continue;
-            names[cnt] = full[j];
-            dims[cnt] = (int)linear_param(m, l, k)->shape[1];        /* in */
-            dims[nlin + cnt] = (int)linear_param(m, l, k)->shape[0]; /* out */
-            cnt++;
+            int j = l * LIN_COUNT + k;
+            snprintf(full[j], sizeof full[0], "model.layers.%d.%s", l, lin_names[k]);
+            names[j] = full[j];
+            dims[j] = (int)linear_param(m, l, k)->shape[1];        /* in */
+            dims[nlin + j] = (int)linear_param(m, l, k)->shape[0]; /* out */
         }
-    m->lora = dpo_lora_new(c, cnt, names, dims, dims + nlin, !m->frozen, e);
+    m->lora = dpo_lora_on_modules(
+        c, nlin, names, dims, dims + nlin, n, targets,
+        "a Llama has q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj in each layer",
+        !m->frozen, site, e);
     if (!m->lora) goto fail;
     m->lora_site = site;
     dpo_free(m->grads); /* the base is frozen: adapters train instead */

@@ -123,6 +123,44 @@ dpo_lora *dpo_lora_new(const dpo_lora_config *c, int n, const char *const *names
     return l;
 }
 
+dpo_lora *dpo_lora_on_modules(const dpo_lora_config *c, int nlin, const char *const *modules,
+                              const int *in, const int *out, int n, const char *const *targets,
+                              const char *help, int with_grads, int *site, dpo_error *e) {
+    const char **names = (const char **)malloc(sizeof(char *) * (size_t)(nlin > 0 ? nlin : 1));
+    int *dims = (int *)malloc(sizeof(int) * 2 * (size_t)(nlin > 0 ? nlin : 1));
+    int cnt = 0;
+    dpo_lora *l = NULL;
+    if (!names || !dims) {
+        dpo_fail(e, DPO_ERR_MEM, 0, "out of memory");
+        goto done;
+    }
+    for (int t = 0; t < n; t++) { /* a target matching nothing is a misspelling */
+        int hit = 0;
+        for (int j = 0; j < nlin && !hit; j++) hit = dpo_lora_matches(modules[j], targets[t]);
+        if (!hit) {
+            dpo_fail(e, DPO_ERR_ARG, 2,
+                     "target module '%.100s' matches no linear module of the model (%s)",
+                     targets[t], help);
+            goto done;
+        }
+    }
+    for (int j = 0; j < nlin; j++) {
+        int hit = n == 0;
+        for (int t = 0; t < n && !hit; t++) hit = dpo_lora_matches(modules[j], targets[t]);
+        site[j] = hit ? cnt : -1;
+        if (!hit) continue;
+        names[cnt] = modules[j];
+        dims[cnt] = in[j];
+        dims[nlin + cnt] = out[j];
+        cnt++;
+    }
+    l = dpo_lora_new(c, cnt, names, dims, dims + nlin, with_grads, e);
+done:
+    free(names);
+    free(dims);
+    return l;
+}
+
 dpo_lora *dpo_lora_clone(const dpo_lora *src, int with_grads, dpo_error *e) {
     const char **names = (const char **)malloc(sizeof(char *) * (size_t)src->nsites);
     int *dims = (int *)malloc(sizeof(int) * 2 * (size_t)src->nsites);

@@ -64,6 +64,16 @@ typedef struct dpo_lora dpo_lora;
 */
 dpo_lora *dpo_lora_new(const dpo_lora_config *c, int n, const char *const *names, const int *in,
                        const int *out, int with_grads, dpo_error *e);
+/*
+** Adapters on those of a model's nlin linear modules (module j named
+** modules[j], mapping in[j] -> out[j]) that match one of the n targets as
+** PEFT matches them (n == 0: every module). site[j] receives module j's site
+** index, or -1. A target that matches no module is an error naming it,
+** followed by `help` in parentheses (what the model's modules are called).
+*/
+dpo_lora *dpo_lora_on_modules(const dpo_lora_config *c, int nlin, const char *const *modules,
+                              const int *in, const int *out, int n, const char *const *targets,
+                              const char *help, int with_grads, int *site, dpo_error *e);
 /* A copy of the parameters; with a (zeroed) gradient arena when with_grads. */
 dpo_lora *dpo_lora_clone(const dpo_lora *l, int with_grads, dpo_error *e);
 void dpo_lora_retain(dpo_lora *l);
