@@ -187,25 +187,7 @@ describe("dpo.gpt", function()
       m:zero_grad()
       ;(m:logps(IDS, MASK) * r):sum():backward()
       dpo.manual_seed(11)
-      local eps, worst = 1e-2, 0
-      for _, np in ipairs(m:named_parameters()) do
-         local name, t = np[1], np[2]
-         local flat, grad = t:reshape(-1), t.grad:reshape(-1)
-         for _ = 1, 3 do
-            local k = dpo.randint(1, flat:numel() + 1, 1)[1]
-            local v = flat[k]
-            dpo.no_grad(function() flat[k] = v + eps end)
-            local fp = L()
-            dpo.no_grad(function() flat[k] = v - eps end)
-            local fm = L()
-            dpo.no_grad(function() flat[k] = v end)
-            local num, ana = (fp - fm) / (2 * eps), grad[k]
-            local err = math.abs(num - ana)
-            worst = math.max(worst, err)
-            assert(err <= 2e-3 + 2e-2 * math.abs(num),
-               ("%s[%d]: analytic %g, numeric %g"):format(name, k, ana, num))
-         end
-      end
+      local worst = h.fd_check(m:named_parameters(), L, h.samples(3))
       assert.is_true(worst < 2e-3)
    end)
 
@@ -234,22 +216,7 @@ describe("dpo.gpt", function()
       m:seed_dropout(7)
       ;(m:logps(IDS, MASK) * r):sum():backward()
       dpo.manual_seed(13)
-      local eps = 1e-2
-      for _, np in ipairs(m:named_parameters()) do
-         local flat, grad = np[2]:reshape(-1), np[2].grad:reshape(-1)
-         for _ = 1, 2 do
-            local k = dpo.randint(1, flat:numel() + 1, 1)[1]
-            local v = flat[k]
-            dpo.no_grad(function() flat[k] = v + eps end)
-            local fp = L()
-            dpo.no_grad(function() flat[k] = v - eps end)
-            local fm = L()
-            dpo.no_grad(function() flat[k] = v end)
-            local num, ana = (fp - fm) / (2 * eps), grad[k]
-            assert(math.abs(num - ana) <= 2e-3 + 2e-2 * math.abs(num),
-               ("%s[%d]: analytic %g, numeric %g"):format(np[1], k, ana, num))
-         end
-      end
+      h.fd_check(m:named_parameters(), L, h.samples(2))
    end)
 
    it("scores each row of a mixed-length batch as it scores the row alone", function()

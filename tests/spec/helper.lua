@@ -105,6 +105,41 @@ function h.close(a, b, atol, rtol)
    return d <= atol + rtol * s, d, s
 end
 
+-- Central differences of the scalar function L (eps 1e-2) against the
+-- gradients already in the {name, tensor} pairs `named`, at the flat indices
+-- (1-based) that pick(name, numel) lists: each must agree to 2e-3 + 2e-2
+-- |numeric|. Returns the largest difference seen.
+function h.fd_check(named, L, pick)
+   local eps, worst = 1e-2, 0
+   for _, np in ipairs(named) do
+      local name = np[1]
+      local flat, grad = np[2]:reshape(-1), np[2].grad:reshape(-1)
+      for _, k in ipairs(pick(name, flat:numel())) do
+         local v = flat[k]
+         dpo.no_grad(function() flat[k] = v + eps end)
+         local fp = L()
+         dpo.no_grad(function() flat[k] = v - eps end)
+         local fm = L()
+         dpo.no_grad(function() flat[k] = v end)
+         local num, ana = (fp - fm) / (2 * eps), grad[k]
+         local err = math.abs(num - ana)
+         worst = math.max(worst, err)
+         assert(err <= 2e-3 + 2e-2 * math.abs(num),
+            ("%s[%d]: analytic %g, numeric %g"):format(name, k, ana, num))
+      end
+   end
+   return worst
+end
+
+-- A pick for h.fd_check: n indices drawn from dpo's generator per tensor.
+function h.samples(n)
+   return function(_, numel)
+      local ks = {}
+      for i = 1, n do ks[i] = dpo.randint(1, numel + 1, 1)[1] end
+      return ks
+   end
+end
+
 -- Whether two float32 tensors hold the same bits, element by element (and
 -- the first index that differs).
 function h.same_bits(a, b)

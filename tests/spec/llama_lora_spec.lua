@@ -170,23 +170,7 @@ describe("dpo.lora on a Llama", function()
          m:zero_grad()
          ;(m:logps(IDS, MASK) * r):sum():backward()
          dpo.manual_seed(11)
-         local eps = 1e-2
-         for _, np in ipairs(m:named_parameters()) do
-            local name, t = np[1], np[2]
-            local flat, grad = t:reshape(-1), t.grad:reshape(-1)
-            for _ = 1, 2 do
-               local k = dpo.randint(1, flat:numel() + 1, 1)[1]
-               local v = flat[k]
-               dpo.no_grad(function() flat[k] = v + eps end)
-               local fp = L()
-               dpo.no_grad(function() flat[k] = v - eps end)
-               local fm = L()
-               dpo.no_grad(function() flat[k] = v end)
-               local num, ana = (fp - fm) / (2 * eps), grad[k]
-               assert(math.abs(num - ana) <= 2e-3 + 2e-2 * math.abs(num),
-                  ("%s[%d]: analytic %g, numeric %g"):format(name, k, ana, num))
-            end
-         end
+         h.fd_check(m:named_parameters(), L, h.samples(2))
       end)
    end
 
@@ -208,20 +192,7 @@ describe("dpo.lora on a Llama", function()
       m:zero_grad()
       m:seed_dropout(3)
       ;(m:logps(IDS, MASK) * r):sum():backward()
-      local eps = 1e-2
-      for _, np in ipairs(m:named_parameters()) do
-         local flat, grad = np[2]:reshape(-1), np[2].grad:reshape(-1)
-         local k = 1 + (#np[1] * 7) % flat:numel()
-         local v = flat[k]
-         dpo.no_grad(function() flat[k] = v + eps end)
-         local fp = L()
-         dpo.no_grad(function() flat[k] = v - eps end)
-         local fm = L()
-         dpo.no_grad(function() flat[k] = v end)
-         local num, ana = (fp - fm) / (2 * eps), grad[k]
-         assert(math.abs(num - ana) <= 2e-3 + 2e-2 * math.abs(num),
-            ("%s[%d]: analytic %g, numeric %g"):format(np[1], k, ana, num))
-      end
+      h.fd_check(m:named_parameters(), L, function(name, numel) return { 1 + (#name * 7) % numel } end)
    end)
 
    it("trains only the adapters: the base is bit-identical; disabled gives the base exactly", function()
