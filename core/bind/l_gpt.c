@@ -70,26 +70,9 @@ static int intfield(lua_State *L, int t, const char *fn, const char *k, int def,
     return (int)v;
 }
 
-/* Option k, a finite number (def when nil). */
-static double numfield(lua_State *L, int t, const char *fn, const char *k, double def) {
-    double v;
-    int ok;
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
-    v = lua_tonumberx(L, -1, &ok);
-    if (!ok)
-        luaL_error(L, "%s: option '%s' must be a number (got %s)", fn, k, luaL_typename(L, -1));
-    if (!isfinite(v)) luaL_error(L, "%s: option '%s' must be finite (got %f)", fn, k, v);
-    lua_pop(L, 1);
-    return v;
-}
-
 /* Option k, a number a float32 holds (def when nil). */
 static float floatfield(lua_State *L, int t, const char *fn, const char *k, double def) {
-    double v = numfield(L, t, fn, k, def);
+    double v = dpo_l_numfield(L, t, fn, k, def);
     if (fabs(v) > FLT_MAX) luaL_error(L, "%s: option '%s' is too large (got %f)", fn, k, v);
     return (float)v;
 }
@@ -111,22 +94,6 @@ static uint64_t seedfield(lua_State *L, int t, const char *fn, const char *k) {
     return (uint64_t)v;
 }
 
-/* Refuse option names that are not in `known` (catches typos). */
-static void check_keys(lua_State *L, int t, const char *fn, const char *const *known) {
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        int ok = 0;
-        if (lua_type(L, -2) == LUA_TSTRING)
-            for (int i = 0; known[i]; i++)
-                if (strcmp(lua_tostring(L, -2), known[i]) == 0) ok = 1;
-        if (!ok) {
-            lua_pushvalue(L, -2);
-            luaL_error(L, "%s: unknown option '%s'", fn, luaL_tolstring(L, -1, NULL));
-        }
-        lua_pop(L, 1);
-    }
-}
-
 /* dpo.core.gpt_new(config) */
 static int l_gpt_new(lua_State *L) {
     static const char *const known[] = {"vocab_size", "n_ctx",   "n_layer", "n_head",
@@ -137,7 +104,7 @@ static int l_gpt_new(lua_State *L) {
     dpo_error e;
     uint64_t seed;
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, fn, known);
+    dpo_l_check_keys(L, 1, fn, known);
     c.vocab_size = intfield(L, 1, fn, "vocab_size", 0, 1);
     c.n_ctx = intfield(L, 1, fn, "n_ctx", 0, 1);
     c.n_layer = intfield(L, 1, fn, "n_layer", 0, 1);
@@ -384,51 +351,12 @@ static int l_zero_grad(lua_State *L) {
 ** Adapters on the matching linear modules; the base freezes.
 */
 static int l_lora_apply(lua_State *L) {
-    static const char *const known[] = {"r",    "alpha",          "dropout", "use_rslora",
-                                        "seed", "target_modules", NULL};
     static const char *const fn = "lora_apply";
     dpo_gpt *m = checkgpt(L, 1);
     dpo_lora_config c;
     dpo_error e;
-    const char **targets = NULL;
-    int n = 0;
-    luaL_checktype(L, 2, LUA_TTABLE);
-    check_keys(L, 2, fn, known);
-    c.r = intfield(L, 2, fn, "r", 8, 0);
-    c.alpha = floatfield(L, 2, fn, "alpha", (double)c.r);
-    c.dropout = floatfield(L, 2, fn, "dropout", 0.0);
-    c.seed = seedfield(L, 2, fn, "seed");
-    lua_getfield(L, 2, "use_rslora");
-    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
-        return luaL_error(L, "%s: option 'use_rslora' must be a boolean (got %s)", fn,
-                          luaL_typename(L, -1));
-    c.use_rslora = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    lua_getfield(L, 2, "target_modules");
-    if (lua_isnil(L, -1) ||
-        (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "all-linear") == 0)) {
-        n = 0; /* every linear module */
-    } else if (lua_type(L, -1) == LUA_TTABLE) {
-        lua_Integer len = luaL_len(L, -1);
-        if (len < 1 || len > 4096)
-            return luaL_error(L, "%s: target_modules must list 1..4096 module names", fn);
-        n = (int)len;
-        targets = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)n, 0);
-        for (int i = 0; i < n; i++) {
-            lua_geti(L, -2, i + 1);
-            if (lua_type(L, -1) != LUA_TSTRING)
-                return luaL_error(L, "%s: target_modules[%d] must be a string (got %s)", fn, i + 1,
-                                  luaL_typename(L, -1));
-            targets[i] = lua_tostring(L, -1); /* kept alive by the table */
-            lua_pop(L, 1);
-        }
-    } else {
-        return luaL_error(L,
-                          "%s: option 'target_modules' must be a list of module names or "
-                          "\"all-linear\" (got %s)",
-                          fn, luaL_typename(L, -1));
-    }
-    if (c.r < 1) return luaL_error(L, "%s: option 'r' must be >= 1 (got %d)", fn, c.r);
+    const char **targets;
+    int n = dpo_l_lora_options(L, 2, fn, &c, &targets);
     if (dpo_gpt_lora_apply(m, &c, n, targets, &e) != DPO_OK)
         return luaL_error(L, "%s: %s", fn, e.msg);
     lua_settop(L, 1);
@@ -438,37 +366,10 @@ static int l_lora_apply(lua_State *L) {
 /* m:lora() -> nil, or {r, alpha, dropout, use_rslora, scale, enabled, modules, num_params} */
 static int l_lora(lua_State *L) {
     dpo_lora *lo = dpo_gpt_lora(checkgpt(L, 1));
-    const dpo_lora_config *c;
-    int n;
-    if (!lo) {
+    if (lo)
+        dpo_l_push_lora(L, lo, 1 /* Conv1D weights [in, out] */);
+    else
         lua_pushnil(L);
-        return 1;
-    }
-    c = dpo_lora_cfg(lo);
-    n = dpo_lora_num_sites(lo);
-    lua_createtable(L, 0, 9);
-    lua_pushinteger(L, c->r);
-    lua_setfield(L, -2, "r");
-    lua_pushnumber(L, c->alpha);
-    lua_setfield(L, -2, "alpha");
-    lua_pushnumber(L, c->dropout);
-    lua_setfield(L, -2, "dropout");
-    lua_pushboolean(L, c->use_rslora);
-    lua_setfield(L, -2, "use_rslora");
-    lua_pushnumber(L, dpo_lora_scale(lo));
-    lua_setfield(L, -2, "scale");
-    lua_pushboolean(L, dpo_lora_enabled(lo));
-    lua_setfield(L, -2, "enabled");
-    lua_pushboolean(L, 1); /* Conv1D weights [in, out] */
-    lua_setfield(L, -2, "fan_in_fan_out");
-    lua_pushinteger(L, (lua_Integer)dpo_lora_num_params(lo));
-    lua_setfield(L, -2, "num_params");
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
-        lua_pushstring(L, dpo_lora_site_info(lo, i)->name);
-        lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, -2, "modules");
     return 1;
 }
 
@@ -591,11 +492,11 @@ static int l_generate(lua_State *L) {
     int64_t len;
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
-        check_keys(L, 3, "generate", known);
+        dpo_l_check_keys(L, 3, "generate", known);
         o.max_new_tokens = intfield(L, 3, "generate", "max_new_tokens", 32, 0);
-        o.temperature = numfield(L, 3, "generate", "temperature", 0.0);
+        o.temperature = dpo_l_numfield(L, 3, "generate", "temperature", 0.0);
         o.top_k = intfield(L, 3, "generate", "top_k", 0, 0);
-        o.top_p = numfield(L, 3, "generate", "top_p", 1.0);
+        o.top_p = dpo_l_numfield(L, 3, "generate", "top_p", 1.0);
         o.seed = seedfield(L, 3, "generate", "seed");
         lua_getfield(L, 3, "use_cache");
         if (!lua_isnil(L, -1)) o.use_cache = lua_toboolean(L, -1);

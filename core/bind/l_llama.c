@@ -78,23 +78,6 @@ static int intfield(lua_State *L, int t, const char *k, int def, int required, l
     return (int)v;
 }
 
-/* Option k, a finite number (def when nil). */
-static double numfield(lua_State *L, int t, const char *fn, const char *k, double def) {
-    double v;
-    int ok;
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
-    v = lua_tonumberx(L, -1, &ok);
-    if (!ok || !isfinite(v))
-        luaL_error(L, "%s: option '%s' must be a finite number (got %s)", fn, k,
-                   luaL_tolstring(L, -1, NULL));
-    lua_pop(L, 1);
-    return v;
-}
-
 /* Option k, a boolean (def when nil). */
 static int boolfield(lua_State *L, int t, const char *k, int def) {
     int v;
@@ -109,22 +92,6 @@ static int boolfield(lua_State *L, int t, const char *k, int def) {
     v = lua_toboolean(L, -1);
     lua_pop(L, 1);
     return v;
-}
-
-/* Refuse option names that are not in `known` (catches typos). */
-static void check_keys(lua_State *L, int t, const char *fn, const char *const *known) {
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        int ok = 0;
-        if (lua_type(L, -2) == LUA_TSTRING)
-            for (int i = 0; known[i]; i++)
-                if (strcmp(lua_tostring(L, -2), known[i]) == 0) ok = 1;
-        if (!ok) {
-            lua_pushvalue(L, -2);
-            luaL_error(L, "%s: unknown option '%s'", fn, luaL_tolstring(L, -1, NULL));
-        }
-        lua_pop(L, 1);
-    }
 }
 
 static const char *const rope_names[] = {"default", "linear", "llama3", NULL};
@@ -162,7 +129,7 @@ static int l_llama_new(lua_State *L) {
     double init, eps;
     lua_Integer seed;
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, fn, known);
+    dpo_l_check_keys(L, 1, fn, known);
     memset(&c, 0, sizeof c);
     c.vocab_size = intfield(L, 1, "vocab_size", 0, 1, 1, big);
     c.hidden_size = intfield(L, 1, "hidden_size", 0, 1, 1, big);
@@ -173,23 +140,23 @@ static int l_llama_new(lua_State *L) {
     c.head_dim = intfield(L, 1, "head_dim", c.hidden_size / c.n_head, 0, 1, big);
     c.n_ctx = intfield(L, 1, "max_position_embeddings", 2048, 0, 1, big);
     c.sliding_window = intfield(L, 1, "sliding_window", 0, 0, 0, big);
-    eps = numfield(L, 1, fn, "rms_norm_eps", 1e-6);
+    eps = dpo_l_numfield(L, 1, fn, "rms_norm_eps", 1e-6);
     if (!(eps > 0 && eps < 1)) return luaL_error(L, "%s: rms_norm_eps must be in (0, 1)", fn);
     c.rms_eps = (float)eps;
-    c.rope_theta = numfield(L, 1, fn, "rope_theta", 10000.0);
+    c.rope_theta = dpo_l_numfield(L, 1, fn, "rope_theta", 10000.0);
     lua_getfield(L, 1, "rope_type");
     c.rope_type = (dpo_rope_type)luaL_checkoption(L, -1, "default", rope_names);
     lua_pop(L, 1);
-    c.rope_factor = numfield(L, 1, fn, "rope_factor", 1.0);
-    c.rope_low_freq_factor = numfield(L, 1, fn, "low_freq_factor", 1.0);
-    c.rope_high_freq_factor = numfield(L, 1, fn, "high_freq_factor", 4.0);
+    c.rope_factor = dpo_l_numfield(L, 1, fn, "rope_factor", 1.0);
+    c.rope_low_freq_factor = dpo_l_numfield(L, 1, fn, "low_freq_factor", 1.0);
+    c.rope_high_freq_factor = dpo_l_numfield(L, 1, fn, "high_freq_factor", 4.0);
     c.rope_original_ctx = intfield(L, 1, "original_max_position_embeddings", 8192, 0, 1, big);
     c.tie_embeddings = boolfield(L, 1, "tie_word_embeddings", 0);
     c.qkv_bias = boolfield(L, 1, "qkv_bias", 0);
     c.o_bias = boolfield(L, 1, "o_bias", 0);
     c.mlp_bias = boolfield(L, 1, "mlp_bias", 0);
     c.qk_norm = boolfield(L, 1, "qk_norm", 0);
-    init = numfield(L, 1, fn, "initializer_range", 0.02);
+    init = dpo_l_numfield(L, 1, fn, "initializer_range", 0.02);
     lua_getfield(L, 1, "seed");
     seed = lua_isnil(L, -1) ? 0 : luaL_checkinteger(L, -1);
     lua_pop(L, 1);
@@ -383,60 +350,12 @@ static int l_is_frozen(lua_State *L) {
 ** Adapters on the matching linear modules; the base freezes.
 */
 static int l_lora_apply(lua_State *L) {
-    static const char *const known[] = {"r",    "alpha",          "dropout", "use_rslora",
-                                        "seed", "target_modules", NULL};
     static const char *const fn = "lora_apply";
     dpo_llama *m = checkllama(L, 1);
     dpo_lora_config c;
     dpo_error e;
-    const char **targets = NULL;
-    double r, seed;
-    int n = 0;
-    luaL_checktype(L, 2, LUA_TTABLE);
-    check_keys(L, 2, fn, known);
-    r = numfield(L, 2, fn, "r", 8);
-    if (r != floor(r) || r < 1 || r > 65536)
-        return luaL_error(L, "%s: option 'r' must be an integer in 1..65536 (got %f)", fn, r);
-    c.r = (int)r;
-    c.alpha = (float)numfield(L, 2, fn, "alpha", (double)c.r);
-    c.dropout = (float)numfield(L, 2, fn, "dropout", 0.0);
-    if (!(c.dropout >= 0 && c.dropout < 1))
-        return luaL_error(L, "%s: option 'dropout' must be in [0, 1) (got %f)", fn,
-                          (double)c.dropout);
-    seed = numfield(L, 2, fn, "seed", 0);
-    if (seed != floor(seed) || seed < 0 || seed > 9007199254740992.0)
-        return luaL_error(L, "%s: option 'seed' must be an integer in 0..2^53 (got %f)", fn, seed);
-    c.seed = (uint64_t)seed;
-    lua_getfield(L, 2, "use_rslora");
-    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
-        return luaL_error(L, "%s: option 'use_rslora' must be a boolean (got %s)", fn,
-                          luaL_typename(L, -1));
-    c.use_rslora = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    lua_getfield(L, 2, "target_modules");
-    if (lua_isnil(L, -1) ||
-        (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "all-linear") == 0)) {
-        n = 0; /* every linear module */
-    } else if (lua_type(L, -1) == LUA_TTABLE) {
-        lua_Integer len = luaL_len(L, -1);
-        if (len < 1 || len > 4096)
-            return luaL_error(L, "%s: target_modules must list 1..4096 module names", fn);
-        n = (int)len;
-        targets = (const char **)lua_newuserdatauv(L, sizeof(char *) * (size_t)n, 0);
-        for (int i = 0; i < n; i++) {
-            lua_geti(L, -2, i + 1);
-            if (lua_type(L, -1) != LUA_TSTRING)
-                return luaL_error(L, "%s: target_modules[%d] must be a string (got %s)", fn, i + 1,
-                                  luaL_typename(L, -1));
-            targets[i] = lua_tostring(L, -1); /* kept alive by the table */
-            lua_pop(L, 1);
-        }
-    } else {
-        return luaL_error(L,
-                          "%s: option 'target_modules' must be a list of module names or "
-                          "\"all-linear\" (got %s)",
-                          fn, luaL_typename(L, -1));
-    }
+    const char **targets;
+    int n = dpo_l_lora_options(L, 2, fn, &c, &targets);
     if (dpo_llama_lora_apply(m, &c, n, targets, &e) != DPO_OK)
         return luaL_error(L, "%s: %s", fn, e.msg);
     lua_settop(L, 1);
@@ -449,37 +368,10 @@ static int l_lora_apply(lua_State *L) {
 */
 static int l_lora(lua_State *L) {
     dpo_lora *lo = dpo_llama_lora(checkllama(L, 1));
-    const dpo_lora_config *c;
-    int n;
-    if (!lo) {
+    if (lo)
+        dpo_l_push_lora(L, lo, 0 /* Linear weights [out, in] */);
+    else
         lua_pushnil(L);
-        return 1;
-    }
-    c = dpo_lora_cfg(lo);
-    n = dpo_lora_num_sites(lo);
-    lua_createtable(L, 0, 9);
-    lua_pushinteger(L, c->r);
-    lua_setfield(L, -2, "r");
-    lua_pushnumber(L, c->alpha);
-    lua_setfield(L, -2, "alpha");
-    lua_pushnumber(L, c->dropout);
-    lua_setfield(L, -2, "dropout");
-    lua_pushboolean(L, c->use_rslora);
-    lua_setfield(L, -2, "use_rslora");
-    lua_pushnumber(L, dpo_lora_scale(lo));
-    lua_setfield(L, -2, "scale");
-    lua_pushboolean(L, dpo_lora_enabled(lo));
-    lua_setfield(L, -2, "enabled");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "fan_in_fan_out");
-    lua_pushinteger(L, (lua_Integer)dpo_lora_num_params(lo));
-    lua_setfield(L, -2, "num_params");
-    lua_createtable(L, n, 0);
-    for (int i = 0; i < n; i++) {
-        lua_pushstring(L, dpo_lora_site_info(lo, i)->name);
-        lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, -2, "modules");
     return 1;
 }
 
@@ -668,7 +560,7 @@ static int l_generate(lua_State *L) {
     int64_t len;
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
-        check_keys(L, 3, "generate", known);
+        dpo_l_check_keys(L, 3, "generate", known);
         lua_getfield(L, 3, "max_new_tokens");
         if (!lua_isnil(L, -1)) {
             int isint;
@@ -679,7 +571,7 @@ static int l_generate(lua_State *L) {
             o.max_new_tokens = (int)v;
         }
         lua_pop(L, 1);
-        o.temperature = numfield(L, 3, "generate", "temperature", 0.0);
+        o.temperature = dpo_l_numfield(L, 3, "generate", "temperature", 0.0);
         lua_getfield(L, 3, "top_k");
         if (!lua_isnil(L, -1)) {
             int isint;
@@ -689,7 +581,7 @@ static int l_generate(lua_State *L) {
             o.top_k = (int)v;
         }
         lua_pop(L, 1);
-        o.top_p = numfield(L, 3, "generate", "top_p", 1.0);
+        o.top_p = dpo_l_numfield(L, 3, "generate", "top_p", 1.0);
         lua_getfield(L, 3, "seed");
         if (!lua_isnil(L, -1)) o.seed = (uint64_t)luaL_checkinteger(L, -1);
         lua_pop(L, 1);

@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "base/common.h"
+#include "model/lora.h"
 #include "tensor/tensor.h"
 
 #define DPO_TENSOR_MT "dpo.Tensor"
@@ -29,6 +30,25 @@ void dpo_l_pushtensor(lua_State *L, dpo_tensor *t, const dpo_error *e, int argba
 /* A 1-based dimension argument in 1..ndim (negatives count from the end),
 ** returned 0-based. */
 int dpo_l_checkdim(lua_State *L, int i, int ndim);
+
+/* Refuse the keys of the option table at t that are not in `known` (a
+** NULL-terminated list): "fn: unknown option 'x'" (catches typos). */
+void dpo_l_check_keys(lua_State *L, int t, const char *fn, const char *const *known);
+
+/* Option k of the table at t, a finite number (def when nil): else "fn:
+** option 'k' must be a finite number (got ...)". */
+double dpo_l_numfield(lua_State *L, int t, const char *fn, const char *k, double def);
+
+/* The adapter options of m:lora_apply{r, alpha, dropout, use_rslora, seed,
+** target_modules} in the table at t, into c; returns how many target names
+** it lists into *targets (0: "all-linear", every linear module). The list
+** and the names are kept alive by values it leaves on the stack: use them
+** before the caller returns or resets the stack. */
+int dpo_l_lora_options(lua_State *L, int t, const char *fn, dpo_lora_config *c,
+                       const char ***targets);
+/* Push m:lora()'s table for the adapters lo: {r, alpha, dropout, use_rslora,
+** scale, enabled, fan_in_fan_out, num_params, modules}. */
+void dpo_l_push_lora(lua_State *L, const dpo_lora *lo, int fan_in_fan_out);
 
 int dpo_open_tensor(lua_State *L);
 int dpo_open_autograd(lua_State *L);
